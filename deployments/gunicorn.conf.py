@@ -7,12 +7,14 @@ the ASGI app; each worker builds its own app and opens its resources in the life
 Uvicorn's worker ignores gunicorn's `access_log_format` (uvicorn logs access lines itself), so
 the worker class here turns uvicorn's access log off and feeds every finished request to
 gunicorn's logger instead: one JSON object per line, with the request id the app put in the
-`X-Request-ID` response header.
+`X-Request-ID` response header. When the app's logging setup adopts `gunicorn.access` (routes it
+to its root JSON formatter), the same fields become keys of the app's JSON line.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -109,6 +111,26 @@ class JsonAccessLogger(GunicornLogger):
         atoms["p"] = os.getpid()
         return atoms
 
+    def access(self, resp: Any, req: Any, environ: Any, request_time: timedelta) -> None:
+        if not getattr(self, "access_log_enabled", True):
+            return
+        line = self.cfg.access_log_format % self.atoms_wrapper_class(
+            self.atoms(resp, req, environ, request_time)
+        )
+        if self.access_log.handlers:  # gunicorn's own handler writes the line as it is
+            self.access_log.info("%s", line)
+            return
+        # The app's logging setup adopted this logger (its handlers cleared, records sent to
+        # the root JSON formatter): hand over the fields so they become top-level keys of that
+        # one JSON object instead of a JSON string nested inside it.
+        try:
+            fields = json.loads(line)
+        except ValueError:  # a custom, non-JSON access_log_format
+            self.access_log.info("%s", line)
+            return
+        summary = f"{fields.get('method')} {fields.get('path')} {fields.get('status')}"
+        self.access_log.info("%s", summary, extra=fields)
+
 
 logger_class = JsonAccessLogger
 
@@ -189,6 +211,12 @@ class JsonAccessUvicornWorker(UvicornWorker):  # type: ignore[misc]
     """Uvicorn worker whose access lines come from gunicorn's `access_log_format`."""
 
     CONFIG_KWARGS = {**UvicornWorker.CONFIG_KWARGS, "access_log": False}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Uvicorn decides per connection from `hasHandlers()`, which turns true again once the
+        # app routes its loggers to root; disabling the logger keeps its lines out for good.
+        logging.getLogger("uvicorn.access").disabled = True
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
