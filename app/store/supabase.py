@@ -1,0 +1,322 @@
+"""Supabase backend over its REST API (supabase-py): money by RPC, accounts and keys by table."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+import httpx
+from postgrest import APIError, APIResponse
+from postgrest.types import ReturnMethod
+from supabase import AsyncClient, AsyncClientOptions, AsyncSupabaseException, acreate_client
+
+from app.store.base import (
+    ApiKey,
+    AuditRow,
+    BalanceConflict,
+    Reservation,
+    Settlement,
+    StoreError,
+    Transaction,
+    User,
+    UserNotFound,
+)
+
+# supabase-py decodes responses with json.loads, which turns a numeric into a float. Casting
+# money columns to text in the select list makes PostgREST send every digit as a string.
+_USER_COLUMNS = "id,balance::text,reserved::text,rpm_limit,rph_limit,tpm_limit"
+_KEY_COLUMNS = "id,user_id,name,revoked_at,rpm_limit,tpm_limit"
+_TX_COLUMNS = (
+    "id,amount::text,kind,description,created_at,model,request_id,prompt_tokens,completion_tokens"
+)
+
+
+class _Query(Protocol):
+    async def execute(self) -> APIResponse: ...
+
+
+def _num(value: Decimal) -> str:
+    # Sent as a JSON string: a JSON number would pass through a float in json.dumps.
+    if not value.is_finite():
+        raise ValueError(f"not a finite amount: {value}")
+    return format(value, "f")
+
+
+def _dec(value: object) -> Decimal:
+    return Decimal(str(value))
+
+
+def _rows(data: object) -> list[dict[str, Any]]:
+    if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
+        raise StoreError("Supabase sent an unexpected response")
+    return data
+
+
+def _one(data: object) -> dict[str, Any]:
+    rows = _rows(data)
+    if len(rows) != 1:
+        raise StoreError(f"Supabase returned {len(rows)} rows where one was expected")
+    return rows[0]
+
+
+def _user(row: dict[str, Any]) -> User:
+    return User(
+        id=row["id"],
+        balance=_dec(row["balance"]),
+        reserved=_dec(row["reserved"]),
+        rpm_limit=row["rpm_limit"],
+        rph_limit=row["rph_limit"],
+        tpm_limit=row["tpm_limit"],
+    )
+
+
+class SupabaseStore:
+    """Supabase through PostgREST with the service-role key; no direct database connection."""
+
+    kind = "supabase"
+
+    def __init__(self, url: str, service_role_key: str, *, timeout: float = 10.0) -> None:
+        self._url = url
+        self._key = service_role_key
+        self._timeout = timeout
+        self._http: httpx.AsyncClient | None = None
+        self._client: AsyncClient | None = None
+
+    async def open(self) -> None:
+        # supabase-py has no close(); owning the httpx client lets close() end its connections.
+        # Retries are off: supabase-py would sleep 1+2+4 s on a dead server before failing.
+        self._http = httpx.AsyncClient(timeout=self._timeout)
+        options = AsyncClientOptions(
+            httpx_client=self._http,
+            postgrest_client_retry=False,
+            auto_refresh_token=False,
+            persist_session=False,
+        )
+        try:
+            self._client = await acreate_client(self._url, self._key, options=options)
+            await self.ping()
+        except AsyncSupabaseException as exc:
+            await self.close()
+            raise StoreError(f"cannot open Supabase: {self._redact(exc.message)}") from None
+        except StoreError:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        self._client = None
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    @property
+    def _db(self) -> AsyncClient:
+        if self._client is None:
+            raise StoreError("store is not open")
+        return self._client
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._key, "[service key]") if self._key else text
+
+    async def _run(self, query: _Query) -> object:
+        try:
+            response = await query.execute()
+        except APIError as exc:
+            code = exc.code or ""
+            message = self._redact(exc.message or "")
+            if code == "P0002":  # no_data_found, raised by the billing functions
+                raise UserNotFound(message) from None
+            if code == "23514":  # check_violation: a balance or a hold would go negative
+                raise BalanceConflict(message) from None
+            if code == "23503":  # every foreign key in the schema points at users(id)
+                raise UserNotFound(message) from None
+            # from None: the PostgREST error may echo request details into its own text.
+            raise StoreError(f"Supabase failed: {code or 'no code'} {message}".rstrip()) from None
+        except httpx.HTTPError as exc:
+            raise StoreError(f"Supabase unreachable: {type(exc).__name__}") from exc
+        return response.data
+
+    async def _rpc(self, fn: str, params: dict[str, Any], columns: str | None = None) -> object:
+        query = self._db.rpc(fn, params)
+        return await self._run(query.select(columns) if columns else query)
+
+    async def ping(self) -> None:
+        _rows(await self._run(self._db.table("users").select("id").limit(1)))
+
+    async def ensure_user(self, user_id: str, balance: Decimal) -> tuple[User, bool]:
+        row = _one(
+            await self._rpc(
+                "billing_ensure_user", {"p_user": user_id, "p_balance": _num(balance)}, "created"
+            )
+        )
+        user = await self.get_user(user_id)
+        if user is None:
+            raise StoreError(f"account {user_id} vanished after it was ensured")
+        return user, bool(row["created"])
+
+    async def get_user(self, user_id: str) -> User | None:
+        query = self._db.table("users").select(_USER_COLUMNS).eq("id", user_id).limit(1)
+        rows = _rows(await self._run(query))
+        return _user(rows[0]) if rows else None
+
+    async def set_user_limits(
+        self, user_id: str, *, rpm: int | None, rph: int | None, tpm: int | None
+    ) -> User:
+        query = (
+            self._db.table("users")
+            .update({"rpm_limit": rpm, "rph_limit": rph, "tpm_limit": tpm})
+            .eq("id", user_id)
+            .select(_USER_COLUMNS)
+        )
+        rows = _rows(await self._run(query))
+        if not rows:
+            raise UserNotFound(user_id)
+        return _user(rows[0])
+
+    async def create_api_key(
+        self, *, user_id: str, key_id: str, key_hash: str, name: str | None
+    ) -> None:
+        row = {"id": key_id, "user_id": user_id, "key_hash": key_hash, "name": name}
+        await self._run(self._db.table("api_keys").insert(row, returning=ReturnMethod.minimal))
+
+    async def find_api_key(self, key_hash: str) -> ApiKey | None:
+        query = self._db.table("api_keys").select(_KEY_COLUMNS).eq("key_hash", key_hash).limit(1)
+        rows = _rows(await self._run(query))
+        if not rows:
+            return None
+        row = rows[0]
+        return ApiKey(
+            key_id=row["id"],
+            user_id=row["user_id"],
+            name=row["name"],
+            revoked=row["revoked_at"] is not None,
+            rpm_limit=row["rpm_limit"],
+            tpm_limit=row["tpm_limit"],
+        )
+
+    async def revoke_api_key(self, *, user_id: str, key_id: str) -> bool:
+        # 'now' is Postgres's own input for the current time: the database clock, not ours.
+        query = (
+            self._db.table("api_keys")
+            .update({"revoked_at": "now"})
+            .eq("id", key_id)
+            .eq("user_id", user_id)
+            .is_("revoked_at", "null")
+            .select("id")
+        )
+        return bool(_rows(await self._run(query)))
+
+    async def credit(
+        self, *, user_id: str, amount: Decimal, description: str, idempotency_key: str | None
+    ) -> tuple[Decimal, bool]:
+        params = {
+            "p_user": user_id,
+            "p_amount": _num(amount),
+            "p_description": description,
+            "p_idempotency_key": idempotency_key,
+        }
+        row = _one(await self._rpc("billing_credit", params, "balance::text,applied"))
+        return _dec(row["balance"]), bool(row["applied"])
+
+    async def reserve(
+        self,
+        *,
+        user_id: str,
+        request_id: str,
+        prompt_cost: Decimal,
+        output_price: Decimal,
+        max_tokens: int | None,
+        model_max_output: int | None,
+        ttl_seconds: int,
+    ) -> Reservation:
+        params = {
+            "p_user": user_id,
+            "p_request_id": request_id,
+            "p_prompt_cost": _num(prompt_cost),
+            "p_output_price": _num(output_price),
+            "p_max_tokens": max_tokens,
+            "p_model_max_output": model_max_output,
+            "p_ttl_seconds": ttl_seconds,
+        }
+        columns = "status,max_tokens,hold::text,available::text"
+        row = _one(await self._rpc("billing_reserve", params, columns))
+        return Reservation(
+            status=row["status"],
+            max_tokens=row["max_tokens"],
+            hold=_dec(row["hold"]),
+            available=_dec(row["available"]),
+        )
+
+    async def settle(
+        self,
+        *,
+        user_id: str,
+        request_id: str,
+        cost: Decimal,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        description: str,
+    ) -> Settlement:
+        params = {
+            "p_user": user_id,
+            "p_request_id": request_id,
+            "p_cost": _num(cost),
+            "p_model": model,
+            "p_prompt_tokens": prompt_tokens,
+            "p_completion_tokens": completion_tokens,
+            "p_description": description,
+        }
+        row = _one(await self._rpc("billing_settle", params, "status,charged::text,balance::text"))
+        return Settlement(
+            status=row["status"], charged=_dec(row["charged"]), balance=_dec(row["balance"])
+        )
+
+    async def release(self, *, user_id: str, request_id: str) -> bool:
+        data = await self._rpc("billing_release", {"p_user": user_id, "p_request_id": request_id})
+        if not isinstance(data, bool):
+            raise StoreError("Supabase sent an unexpected response")
+        return data
+
+    async def sweep_expired(self) -> int:
+        data = await self._rpc("billing_sweep_expired", {})
+        if not isinstance(data, int) or isinstance(data, bool):
+            raise StoreError("Supabase sent an unexpected response")
+        return data
+
+    async def transactions(self, user_id: str, *, limit: int, offset: int) -> list[Transaction]:
+        query = (
+            self._db.table("transactions")
+            .select(_TX_COLUMNS)
+            .eq("user_id", user_id)
+            .order("id", desc=True)
+            .limit(limit)
+            .offset(offset)
+        )
+        return [
+            Transaction(
+                id=str(r["id"]),
+                amount=_dec(r["amount"]),
+                kind=r["kind"],
+                description=r["description"],
+                timestamp=datetime.fromisoformat(r["created_at"]),
+                model=r["model"],
+                request_id=r["request_id"],
+                prompt_tokens=r["prompt_tokens"],
+                completion_tokens=r["completion_tokens"],
+            )
+            for r in _rows(await self._run(query))
+        ]
+
+    async def audit(self) -> list[AuditRow]:
+        columns = "user_id,balance::text,ledger_sum::text,reserved::text,held_sum::text"
+        return [
+            AuditRow(
+                user_id=r["user_id"],
+                balance=_dec(r["balance"]),
+                ledger_sum=_dec(r["ledger_sum"]),
+                reserved=_dec(r["reserved"]),
+                held_sum=_dec(r["held_sum"]),
+            )
+            for r in _rows(await self._rpc("billing_audit", {}, columns))
+        ]
