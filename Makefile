@@ -1,0 +1,34 @@
+.PHONY: run test lint bench soak migrate install clean
+
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+
+run:  ## start the gateway on the embedded store (demo model and demo key included)
+	@bash scripts/bootstrap.sh
+	.venv/bin/python -m app
+
+test:  ## the whole test-suite; installs what is missing (venv, PostgreSQL, Redis, Nginx)
+	bash scripts/test.sh $(ARGS)
+
+lint:  ## ruff (lint + format check) and mypy --strict on app/
+	@bash scripts/bootstrap.sh --dev
+	.venv/bin/ruff check app tests bench check_env.py
+	.venv/bin/ruff format --check app
+	.venv/bin/mypy app
+
+bench:  ## side-by-side latency/throughput benchmark; writes docs/PERFORMANCE.md
+	@bash scripts/bootstrap.sh --dev
+	.venv/bin/python bench/run.py
+
+soak:  ## bounded soak test: RSS and event-loop lag over time
+	@bash scripts/bootstrap.sh --dev
+	.venv/bin/python bench/run.py --soak $(or $(SECONDS),600)
+
+migrate:  ## apply the SQL migrations to DATABASE_URL
+	@bash scripts/bootstrap.sh
+	.venv/bin/python -m app.store.migrations
+
+install:
+	bash scripts/bootstrap.sh --dev
+
+clean:
+	rm -rf .venv .data

@@ -1,0 +1,158 @@
+"""Admin API (ADMIN_API_KEY): accounts, keys, credits and limits."""
+
+from __future__ import annotations
+
+import secrets
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from fastapi import APIRouter
+
+from app.api.deps import Admin, JsonBody, State
+from app.api.responses import MoneyJSONResponse
+from app.auth.keys import new_key
+from app.errors import GatewayError, InvalidRequest, NotFound, StoreUnavailable
+from app.store.base import BalanceConflict, StoreError, UserNotFound, money
+
+router = APIRouter(prefix="/admin", dependencies=[Admin])
+
+MAX_AMOUNT = Decimal("1000000000")
+
+
+def _amount(body: dict[str, Any], key: str, *, required: bool) -> Decimal | None:
+    raw = body.get(key)
+    if raw is None:
+        if required:
+            raise InvalidRequest(f"'{key}' is required.", param=key)
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+        raise InvalidRequest(f"'{key}' must be a number.", param=key)
+    try:
+        # str() first: a JSON number parsed as float must not carry binary noise into money.
+        value = Decimal(str(raw))
+    except InvalidOperation as exc:
+        raise InvalidRequest(f"'{key}' must be a number.", param=key) from exc
+    if not value.is_finite() or abs(value) > MAX_AMOUNT or value != money(value):
+        raise InvalidRequest(f"'{key}' must be a finite amount with at most 8 decimals.", param=key)
+    return value
+
+
+def _optional_str(body: dict[str, Any], key: str, *, max_len: int = 200) -> str | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > max_len:
+        raise InvalidRequest(f"'{key}' must be a non-empty string of at most {max_len} characters.", param=key)
+    return value
+
+
+@router.post("/users", status_code=201)
+async def create_user(body: JsonBody, state: State) -> MoneyJSONResponse:
+    """Create an account with an opening balance (credited through the ledger)."""
+    user_id = _optional_str(body, "user_id") or "user_" + secrets.token_hex(8)
+    balance = _amount(body, "balance", required=False) or Decimal(0)
+    if balance < 0:
+        raise InvalidRequest("'balance' must not be negative.", param="balance")
+    try:
+        user, created = await state.store.ensure_user(user_id, balance)
+    except StoreError as exc:
+        raise StoreUnavailable("The account store is unavailable.") from exc
+    if not created:
+        raise GatewayError(f"User '{user_id}' already exists.", code="user_exists", status_code=409)
+    return MoneyJSONResponse({"user_id": user.id, "balance": user.balance}, status_code=201)
+
+
+@router.post("/users/{user_id}/keys", status_code=201)
+async def create_key(user_id: str, body: JsonBody, state: State) -> MoneyJSONResponse:
+    """Issue an API key; the key itself is shown only in this response."""
+    name = _optional_str(body, "name")
+    key, key_id, key_hash = new_key()
+    try:
+        await state.store.create_api_key(user_id=user_id, key_id=key_id, key_hash=key_hash, name=name)
+    except UserNotFound as exc:
+        raise NotFound(f"User '{user_id}' does not exist.", code="user_not_found") from exc
+    except StoreError as exc:
+        raise StoreUnavailable("The account store is unavailable.") from exc
+    state.auth.invalidate_key(key_hash)
+    return MoneyJSONResponse({"key": key, "key_id": key_id, "user_id": user_id, "name": name}, status_code=201)
+
+
+@router.delete("/users/{user_id}/keys/{key_id}")
+async def revoke_key(user_id: str, key_id: str, state: State) -> MoneyJSONResponse:
+    """Revoke a key; it stops working at once in this worker."""
+    try:
+        revoked = await state.store.revoke_api_key(user_id=user_id, key_id=key_id)
+    except StoreError as exc:
+        raise StoreUnavailable("The account store is unavailable.") from exc
+    if not revoked:
+        raise NotFound(f"No active key '{key_id}' for user '{user_id}'.", code="key_not_found")
+    state.auth.invalidate_user(user_id)
+    return MoneyJSONResponse({"key_id": key_id, "revoked": True})
+
+
+@router.post("/users/{user_id}/credits")
+async def add_credits(user_id: str, body: JsonBody, state: State) -> MoneyJSONResponse:
+    """Top up (or, with a negative amount, adjust) a balance; once per idempotency_key."""
+    amount = _amount(body, "amount", required=True)
+    assert amount is not None
+    if amount == 0:
+        raise InvalidRequest("'amount' must not be zero.", param="amount")
+    description = _optional_str(body, "description") or ("credit" if amount > 0 else "adjustment")
+    key = _optional_str(body, "idempotency_key")
+    try:
+        balance, applied = await state.store.credit(
+            user_id=user_id, amount=amount, description=description, idempotency_key=key
+        )
+    except UserNotFound as exc:
+        raise NotFound(f"User '{user_id}' does not exist.", code="user_not_found") from exc
+    except BalanceConflict as exc:
+        raise InvalidRequest("The adjustment would take the balance below zero.", param="amount") from exc
+    except StoreError as exc:
+        raise StoreUnavailable("The account store is unavailable.") from exc
+    return MoneyJSONResponse({"user_id": user_id, "balance": balance, "applied": applied})
+
+
+@router.get("/users/{user_id}")
+async def get_user(user_id: str, state: State) -> MoneyJSONResponse:
+    """An account's balance, holds and limits."""
+    try:
+        user = await state.store.get_user(user_id)
+    except StoreError as exc:
+        raise StoreUnavailable("The account store is unavailable.") from exc
+    if user is None:
+        raise NotFound(f"User '{user_id}' does not exist.", code="user_not_found")
+    return MoneyJSONResponse(
+        {
+            "user_id": user.id,
+            "balance": user.balance,
+            "reserved": user.reserved,
+            "rpm_limit": user.rpm_limit,
+            "rph_limit": user.rph_limit,
+            "tpm_limit": user.tpm_limit,
+        }
+    )
+
+
+def _limit(body: dict[str, Any], key: str) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidRequest(f"'{key}' must be a non-negative integer or null.", param=key)
+    return value
+
+
+@router.put("/users/{user_id}/limits")
+async def set_limits(user_id: str, body: JsonBody, state: State) -> MoneyJSONResponse:
+    """Per-user rate limits (null = the gateway default)."""
+    rpm, rph, tpm = _limit(body, "rpm_limit"), _limit(body, "rph_limit"), _limit(body, "tpm_limit")
+    try:
+        user = await state.store.set_user_limits(user_id, rpm=rpm, rph=rph, tpm=tpm)
+    except UserNotFound as exc:
+        raise NotFound(f"User '{user_id}' does not exist.", code="user_not_found") from exc
+    except StoreError as exc:
+        raise StoreUnavailable("The account store is unavailable.") from exc
+    state.auth.invalidate_user(user_id)
+    return MoneyJSONResponse(
+        {"user_id": user.id, "rpm_limit": user.rpm_limit, "rph_limit": user.rph_limit, "tpm_limit": user.tpm_limit}
+    )

@@ -1,0 +1,255 @@
+"""Reserve before the call, settle on actual usage after it, release on failure."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from app.billing.journal import PendingSettlement, SettlementJournal
+from app.billing.pricing import Price, PriceBook, call_cost
+from app.errors import GatewayError, InsufficientBalance, InvalidRequest, StoreUnavailable
+from app.observability.metrics import Metrics
+from app.store.base import Settlement, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Money held for one call in flight."""
+
+    user_id: str
+    request_id: str
+    model: str
+    price: Price
+    max_tokens: int | None
+    amount: Decimal
+
+
+class BillingService:
+    """The only code that moves money; every operation is one store round trip."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        prices: PriceBook,
+        journal: SettlementJournal,
+        metrics: Metrics,
+        currency: str,
+        reservation_ttl: int,
+        enabled: bool = True,
+        sweep_interval: float = 60.0,
+        replay_interval: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.prices = prices
+        self.journal = journal
+        self.currency = currency
+        self.enabled = enabled
+        self._metrics = metrics
+        self._ttl = reservation_ttl
+        self._sweep_interval = sweep_interval
+        self._replay_interval = replay_interval
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Start the sweeper of expired holds and the journal replayer."""
+        if not self.enabled:
+            return
+        self._loops = [
+            asyncio.create_task(self._every(self._sweep_interval, self.sweep_expired)),
+            asyncio.create_task(self._every(self._replay_interval, self.replay_journal)),
+        ]
+
+    async def stop(self) -> None:
+        """Finish settlements in flight, then stop the background loops."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for task in self._loops:
+            task.cancel()
+        for task in self._loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def price_for(self, model: str) -> Price:
+        """The reservation price of a model group; unpriced models are refused, never free."""
+        price = self.prices.for_group(model)
+        if price is None:
+            raise InvalidRequest(
+                f"The model '{model}' has no price configured, so the gateway will not serve it.",
+                code="model_not_priced",
+                param="model",
+            )
+        return price
+
+    async def reserve(
+        self,
+        *,
+        user_id: str,
+        request_id: str,
+        model: str,
+        prompt_tokens: int,
+        max_tokens: int | None,
+        n: int = 1,
+    ) -> Hold | None:
+        """Hold the most this call can cost; the hold's max_tokens caps the call."""
+        if not self.enabled:
+            return None
+        price = self.price_for(model)
+        if price.free:
+            return Hold(user_id, request_id, model, price, max_tokens, Decimal(0))
+        try:
+            r = await self.store.reserve(
+                user_id=user_id,
+                request_id=request_id,
+                prompt_cost=prompt_tokens * price.input,
+                output_price=price.output * n,
+                max_tokens=max_tokens,
+                model_max_output=price.max_output_tokens,
+                ttl_seconds=self._ttl,
+            )
+        except StoreError as exc:
+            self._metrics.billing(operation="reserve", outcome="store_error")
+            raise StoreUnavailable("Billing is unavailable; the request was not run.") from exc
+        self._metrics.billing(operation="reserve", outcome=r.status)
+        if r.status == "ok":
+            return Hold(user_id, request_id, model, price, r.max_tokens, r.hold)
+        if r.status == "insufficient":
+            available = max(r.available, Decimal(0)).normalize()
+            if max_tokens is not None and r.max_tokens:
+                raise InsufficientBalance(
+                    f"Insufficient balance: max_tokens={max_tokens} costs more than your available "
+                    f"balance of {available:f} {self.currency}; it can afford at most "
+                    f"{r.max_tokens} completion tokens for model '{model}'.",
+                    param="max_tokens",
+                )
+            raise InsufficientBalance(
+                f"Insufficient balance: your available balance of {available:f} {self.currency} "
+                f"does not cover this request to model '{model}'."
+            )
+        if r.status == "no_account":
+            raise InsufficientBalance("No billing account exists for this user; add credit first.")
+        raise GatewayError("Duplicate request id.", code="duplicate_request", status_code=409)
+
+    async def settle(
+        self,
+        hold: Hold,
+        *,
+        prompt_tokens: int,
+        completion_tokens: int,
+        deployment_id: str | None = None,
+    ) -> Decimal:
+        """Charge the actual cost once; if the store is down, journal it durably and retry."""
+        price = self.prices.for_served(hold.model, deployment_id) or hold.price
+        cost = call_cost(price, prompt_tokens, completion_tokens)
+        if price.free:
+            return cost
+        entry = PendingSettlement(
+            user_id=hold.user_id,
+            request_id=hold.request_id,
+            cost=str(cost),
+            model=hold.model,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            description=f"{hold.model}: {prompt_tokens} prompt + {completion_tokens} completion tokens",
+        )
+        try:
+            settled = await self._apply(entry)
+        except StoreError:
+            self.journal.write(entry)
+            self._metrics.billing(operation="settle", outcome="journaled")
+            log.warning("settlement journaled for replay", extra={"billing_request": hold.request_id})
+            return cost
+        if settled.charged < cost:
+            log.error(
+                "charge capped by balance",
+                extra={"billing_request": hold.request_id, "cost": str(cost),
+                       "charged": str(settled.charged)},
+            )
+        return settled.charged if settled.status == "charged" else cost
+
+    def detach(self, work: Coroutine[Any, Any, object]) -> None:
+        """Run work in a task of its own that shutdown waits for."""
+        task: asyncio.Task[object] = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def settle_soon(
+        self, hold: Hold, *, prompt_tokens: int, completion_tokens: int, deployment_id: str | None
+    ) -> None:
+        """Settle in a task of its own, safe from the cancellation of a dropped stream."""
+        self.detach(
+            self.settle(
+                hold,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                deployment_id=deployment_id,
+            )
+        )
+
+    async def release(self, hold: Hold) -> None:
+        """Give a failed call's hold back; if the store is down the sweeper will."""
+        if hold.amount == 0:
+            return
+        try:
+            await self.store.release(user_id=hold.user_id, request_id=hold.request_id)
+            self._metrics.billing(operation="release", outcome="ok")
+        except StoreError:
+            self._metrics.billing(operation="release", outcome="store_error")
+            log.warning("release failed; the hold expires with its TTL")
+
+    def release_soon(self, hold: Hold) -> None:
+        self.detach(self.release(hold))
+
+    async def _apply(self, entry: PendingSettlement) -> Settlement:
+        result = await self.store.settle(
+            user_id=entry.user_id,
+            request_id=entry.request_id,
+            cost=entry.amount,
+            model=entry.model,
+            prompt_tokens=entry.prompt_tokens,
+            completion_tokens=entry.completion_tokens,
+            description=entry.description,
+        )
+        self._metrics.billing(operation="settle", outcome=result.status)
+        return result
+
+    async def replay_journal(self) -> int:
+        """Apply journaled settlements; each file is removed once the store has it."""
+        done = 0
+        for path, entry in self.journal.pending():
+            try:
+                await self._apply(entry)
+            except StoreError:
+                break  # still down; try again next round
+            self.journal.remove(path)
+            done += 1
+        if done:
+            log.info("replayed %d journaled settlements", done)
+        return done
+
+    async def sweep_expired(self) -> int:
+        """Release holds whose calls never finished (a crashed worker)."""
+        try:
+            count = await self.store.sweep_expired()
+        except StoreError:
+            return 0
+        if count:
+            log.warning("released %d expired reservations", count)
+        return count
+
+    @staticmethod
+    async def _every(interval: float, job: Callable[[], Awaitable[int]]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await job()
+            except Exception:
+                log.exception("billing background job failed")

@@ -1,0 +1,153 @@
+"""The LiteLLM Router, built once from the model config; calls and error translation."""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import litellm
+from litellm import Router
+
+from app.config import ModelConfig
+from app.errors import (
+    GatewayError,
+    InvalidRequest,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+_ROUTER_PARAMS = frozenset(inspect.signature(Router.__init__).parameters) - {"self", "model_list"}
+# Settings that would let a config file replace our own logging or callbacks wholesale.
+_LITELLM_DENY = frozenset({"callbacks", "success_callback", "failure_callback", "cache"})
+
+# Keys a client may not pass through to LiteLLM: they would redirect the call (and the
+# provider key with it) or change how LiteLLM itself behaves.
+_FORBIDDEN_PARAMS = frozenset(
+    {
+        "api_key", "api_base", "base_url", "api_version", "custom_llm_provider", "mock_response",
+        "mock_testing_fallbacks", "mock_timeout", "litellm_logging_obj", "litellm_call_id",
+        "metadata", "litellm_metadata", "fallbacks", "context_window_fallbacks", "num_retries",
+        "timeout", "request_timeout", "model_list", "deployment_id", "specific_deployment",
+        "aws_access_key_id", "aws_secret_access_key", "vertex_credentials", "extra_headers",
+        "headers", "caching", "cache", "no-log", "proxy_server_request",
+    }
+)
+
+
+def apply_litellm_settings(settings: dict[str, Any]) -> None:
+    """Apply `litellm_settings` as LiteLLM's module settings (that is how LiteLLM is configured)."""
+    for key, value in settings.items():
+        if key in _LITELLM_DENY or not hasattr(litellm, key):
+            log.warning("litellm_settings: ignoring unsupported key %r", key)
+            continue
+        setattr(litellm, key, value)
+
+
+def build_router(config: ModelConfig, *, redis_url: str | None = None) -> Router:
+    """A Router from `model_list` and the `router_settings` it understands."""
+    kwargs: dict[str, Any] = {}
+    for key, value in config.router_settings.items():
+        if key in _ROUTER_PARAMS:
+            kwargs[key] = value
+        else:
+            log.warning("router_settings: ignoring unsupported key %r", key)
+    if redis_url and "redis_url" not in kwargs and "redis_host" not in kwargs:
+        # Cooldowns and per-deployment rpm/tpm shared by every worker and instance.
+        kwargs["redis_url"] = redis_url
+    return Router(model_list=config.model_list, **kwargs)
+
+
+class LLMService:
+    """Calls through the Router; knows which public model names exist."""
+
+    def __init__(self, router: Router, config: ModelConfig) -> None:
+        self.router = router
+        self._names = config.model_names()
+        self._exact = frozenset(n for n in self._names if "*" not in n)
+        self._patterns = [n for n in self._names if "*" in n]
+        self._entries = {str(e["model_name"]): e for e in config.model_list}
+
+    def model_names(self) -> list[str]:
+        return [n for n in self._names if "*" not in n]
+
+    def has_model(self, name: str) -> bool:
+        return name in self._exact or any(fnmatch.fnmatchcase(name, p) for p in self._patterns)
+
+    def owner(self, name: str) -> str:
+        """The provider prefix of a model group's first deployment, for /v1/models."""
+        entry = self._entries.get(name)
+        if entry is None:
+            return "gateway"
+        model = str(entry["litellm_params"]["model"])
+        return model.split("/", 1)[0] if "/" in model else "openai"
+
+    async def complete(self, params: dict[str, Any]) -> Any:
+        """A chat completion through the Router (retries, fallbacks, cooldowns included)."""
+        try:
+            return await self.router.acompletion(**params)
+        except Exception as exc:
+            raise translate_error(exc) from exc
+
+    async def stream(self, params: dict[str, Any]) -> AsyncIterator[Any]:
+        """Open a streamed chat completion; errors before the first chunk are translated."""
+        try:
+            response = await self.router.acompletion(**params)
+        except Exception as exc:
+            raise translate_error(exc) from exc
+        return response  # type: ignore[no-any-return]
+
+    async def embed(self, params: dict[str, Any]) -> Any:
+        try:
+            return await self.router.aembedding(**params)
+        except Exception as exc:
+            raise translate_error(exc) from exc
+
+
+def forbidden_params(body: dict[str, Any]) -> list[str]:
+    """Client-supplied keys that must never reach LiteLLM."""
+    return sorted(k for k in body if k in _FORBIDDEN_PARAMS)
+
+
+def translate_error(exc: BaseException) -> GatewayError:
+    """Map what LiteLLM raises, after retries and fallbacks, to the gateway's errors."""
+    if isinstance(exc, GatewayError):
+        return exc
+    name = type(exc).__name__
+    detail = _provider_message(exc)
+    if isinstance(exc, litellm.ContextWindowExceededError):
+        return InvalidRequest(
+            f"The prompt is longer than the model's context window. {detail}",
+            code="context_length_exceeded",
+            param="messages",
+        )
+    if isinstance(exc, litellm.Timeout):
+        return UpstreamTimeout("The model provider did not answer in time.")
+    if isinstance(exc, (litellm.BadRequestError, litellm.UnprocessableEntityError)):
+        return InvalidRequest(f"The provider rejected the request: {detail}")
+    if isinstance(exc, (litellm.RateLimitError, litellm.ServiceUnavailableError)):
+        return UpstreamUnavailable(
+            "Every provider for this model is unavailable or rate limited; retry later.",
+            headers={"Retry-After": "5"},
+        )
+    if isinstance(exc, (litellm.AuthenticationError, litellm.PermissionDeniedError)):
+        return UpstreamError("The gateway could not authenticate with the model provider.")
+    if "No deployments available" in str(exc) or name == "RouterRateLimitError":
+        return UpstreamUnavailable(
+            "Every deployment of this model is cooling down; retry later.",
+            headers={"Retry-After": "5"},
+        )
+    return UpstreamError(f"The model provider failed ({name}).")
+
+
+def _provider_message(exc: BaseException) -> str:
+    from app.observability.logging import scrub
+
+    message = str(getattr(exc, "message", "") or exc)
+    message = message.removeprefix("litellm.").strip()
+    return scrub(message)[:500]

@@ -1,0 +1,34 @@
+"""Everything built once at start-up and shared by every request (no module globals)."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from app.auth.service import Authenticator
+from app.billing.service import BillingService
+from app.config import ModelConfig, Settings
+from app.llm.router import LLMService
+from app.observability.metrics import Metrics
+from app.observability.tracing import LLMTracer
+from app.store.base import Store
+
+if TYPE_CHECKING:
+    from app.ratelimit import RateLimiter
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    model_config: ModelConfig
+    store: Store
+    auth: Authenticator
+    llm: LLMService
+    billing: BillingService
+    metrics: Metrics
+    tracer: LLMTracer
+    ratelimiter: RateLimiter | None = None
+    started_at: float = field(default_factory=time.time)
+    health_history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=100))

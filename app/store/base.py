@@ -1,0 +1,163 @@
+"""The store contract: accounts, API keys and money, one protocol for every backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal, Protocol
+
+MONEY_PLACES = Decimal("0.00000001")
+
+
+class StoreError(Exception):
+    """The store could not be reached or failed; callers fail closed."""
+
+
+class UserExists(Exception):
+    """An account with that id already exists."""
+
+
+class UserNotFound(Exception):
+    """No account with that id."""
+
+
+class BalanceConflict(Exception):
+    """The change would take money that is not there (or is held for calls in flight)."""
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    balance: Decimal
+    reserved: Decimal
+    rpm_limit: int | None = None
+    rph_limit: int | None = None
+    tpm_limit: int | None = None
+
+    @property
+    def available(self) -> Decimal:
+        return self.balance - self.reserved
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    key_id: str
+    user_id: str
+    name: str | None
+    revoked: bool
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+
+
+ReserveStatus = Literal["ok", "insufficient", "no_account", "duplicate"]
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    status: ReserveStatus
+    max_tokens: int | None
+    hold: Decimal
+    available: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    status: Literal["charged", "duplicate"]
+    charged: Decimal
+    balance: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    id: str
+    amount: Decimal
+    kind: str
+    description: str
+    timestamp: datetime
+    model: str | None
+    request_id: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    user_id: str
+    balance: Decimal
+    ledger_sum: Decimal
+    reserved: Decimal
+    held_sum: Decimal
+
+
+class Store(Protocol):
+    """Accounts, keys and the ledger. Every method is one atomic operation."""
+
+    kind: str
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> None: ...
+
+    async def ensure_user(self, user_id: str, balance: Decimal) -> tuple[User, bool]:
+        """Create the account once (crediting `balance` via the ledger); True if created now."""
+        ...
+
+    async def get_user(self, user_id: str) -> User | None: ...
+
+    async def set_user_limits(
+        self, user_id: str, *, rpm: int | None, rph: int | None, tpm: int | None
+    ) -> User: ...
+
+    async def create_api_key(
+        self, *, user_id: str, key_id: str, key_hash: str, name: str | None
+    ) -> None: ...
+
+    async def find_api_key(self, key_hash: str) -> ApiKey | None: ...
+
+    async def revoke_api_key(self, *, user_id: str, key_id: str) -> bool: ...
+
+    async def credit(
+        self, *, user_id: str, amount: Decimal, description: str, idempotency_key: str | None
+    ) -> tuple[Decimal, bool]:
+        """Add credit once per idempotency key; returns (balance, applied now)."""
+        ...
+
+    async def reserve(
+        self,
+        *,
+        user_id: str,
+        request_id: str,
+        prompt_cost: Decimal,
+        output_price: Decimal,
+        max_tokens: int | None,
+        model_max_output: int | None,
+        ttl_seconds: int,
+    ) -> Reservation: ...
+
+    async def settle(
+        self,
+        *,
+        user_id: str,
+        request_id: str,
+        cost: Decimal,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        description: str,
+    ) -> Settlement: ...
+
+    async def release(self, *, user_id: str, request_id: str) -> bool: ...
+
+    async def sweep_expired(self) -> int: ...
+
+    async def transactions(self, user_id: str, *, limit: int, offset: int) -> list[Transaction]: ...
+
+    async def audit(self) -> list[AuditRow]:
+        """Accounts whose balance is not their ledger sum, or whose holds don't add up."""
+        ...
+
+
+def money(value: Decimal | int | str) -> Decimal:
+    """Quantize to the ledger's 8 decimal places."""
+    return Decimal(value).quantize(MONEY_PLACES)

@@ -1,0 +1,455 @@
+"""Embedded backend: SQLite in DATA_DIR, the same contract as the Postgres functions.
+
+All work runs on one dedicated thread per process (never on the event loop). Writes take
+SQLite's write lock up front (BEGIN IMMEDIATE), so several gunicorn workers sharing the file
+serialise their money operations exactly as Postgres row locks do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from decimal import ROUND_CEILING, Decimal
+from pathlib import Path
+from typing import TypeVar
+
+from app.store.base import (
+    MONEY_PLACES,
+    ApiKey,
+    AuditRow,
+    BalanceConflict,
+    Reservation,
+    Settlement,
+    StoreError,
+    Transaction,
+    User,
+    UserNotFound,
+    money,
+)
+
+T = TypeVar("T")
+
+_SCHEMA = """
+create table if not exists users (
+    id text primary key, balance text not null default '0', reserved text not null default '0',
+    rpm_limit integer, rph_limit integer, tpm_limit integer,
+    created_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')));
+create table if not exists api_keys (
+    id text primary key, user_id text not null references users (id),
+    key_hash text not null unique, name text, rpm_limit integer, tpm_limit integer,
+    created_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), revoked_at text);
+create table if not exists transactions (
+    id integer primary key autoincrement, user_id text not null references users (id),
+    amount text not null, kind text not null check (kind in ('credit', 'charge')),
+    description text not null, model text, request_id text, prompt_tokens integer,
+    completion_tokens integer, idempotency_key text,
+    created_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')));
+create index if not exists transactions_user_idx on transactions (user_id, id desc);
+create unique index if not exists transactions_charge_once
+    on transactions (request_id) where kind = 'charge';
+create unique index if not exists transactions_credit_once
+    on transactions (user_id, idempotency_key) where idempotency_key is not null;
+create table if not exists reservations (
+    request_id text primary key, user_id text not null references users (id),
+    amount text not null, expires_at real not null);
+create index if not exists reservations_expiry_idx on reservations (expires_at);
+create trigger if not exists transactions_no_update before update on transactions
+    begin select raise(abort, 'transactions are append-only'); end;
+create trigger if not exists transactions_no_delete before delete on transactions
+    begin select raise(abort, 'transactions are append-only'); end;
+"""
+
+
+def _dec(value: object) -> Decimal:
+    return Decimal(str(value))
+
+
+def _user(row: sqlite3.Row) -> User:
+    return User(
+        id=row["id"],
+        balance=_dec(row["balance"]),
+        reserved=_dec(row["reserved"]),
+        rpm_limit=row["rpm_limit"],
+        rph_limit=row["rph_limit"],
+        tpm_limit=row["tpm_limit"],
+    )
+
+
+class SqliteStore:
+    """SQLite file in DATA_DIR; the default when no database is configured."""
+
+    kind = "sqlite"
+
+    def __init__(self, data_dir: str | Path) -> None:
+        self._path = Path(data_dir) / "gateway.sqlite3"
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        await self._call(self._connect)
+
+    def _connect(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self._path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("pragma journal_mode=wal")
+        conn.execute("pragma synchronous=normal")
+        conn.execute("pragma foreign_keys=on")
+        conn.execute("pragma busy_timeout=30000")
+        conn.executescript(_SCHEMA)
+        self._conn = conn
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        if self._conn is not None:
+            await self._call(self._conn.close)
+            self._conn = None
+        self._executor.shutdown(wait=True)
+        self._executor = None
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        if self._executor is None:
+            raise StoreError("store is not open")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn)
+        except sqlite3.IntegrityError as exc:
+            if "CHECK" in str(exc) or "append-only" in str(exc):
+                raise BalanceConflict(str(exc)) from exc
+            if "FOREIGN KEY" in str(exc):
+                raise UserNotFound(str(exc)) from exc
+            raise StoreError(f"SQLite failed: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite failed: {type(exc).__name__}") from exc
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> Callable[[], T]:
+        """Wrap fn in BEGIN IMMEDIATE ... COMMIT (ROLLBACK on any error)."""
+
+        def run() -> T:
+            conn = self._conn
+            assert conn is not None
+            conn.execute("begin immediate")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("rollback")
+                raise
+            conn.execute("commit")
+            return result
+
+        return run
+
+    @staticmethod
+    def _locked_user(conn: sqlite3.Connection, user_id: str) -> User:
+        row = conn.execute(
+            "select id, balance, reserved, rpm_limit, rph_limit, tpm_limit from users where id = ?",
+            (user_id,),
+        ).fetchone()
+        if row is None:
+            raise UserNotFound(user_id)
+        return _user(row)
+
+    @staticmethod
+    def _set_money(conn: sqlite3.Connection, user_id: str, balance: Decimal, reserved: Decimal) -> None:
+        if balance < 0 or reserved < 0:
+            raise BalanceConflict("balance and reserved must not go below zero")
+        conn.execute(
+            "update users set balance = ?, reserved = ? where id = ?",
+            (str(money(balance)), str(money(reserved)), user_id),
+        )
+
+    # -- accounts and keys ----------------------------------------------------------------
+
+    async def ping(self) -> None:
+        def q() -> None:
+            assert self._conn is not None
+            self._conn.execute("select 1").fetchone()
+
+        await self._call(q)
+
+    async def ensure_user(self, user_id: str, balance: Decimal) -> tuple[User, bool]:
+        def op(conn: sqlite3.Connection) -> tuple[User, bool]:
+            cur = conn.execute("insert or ignore into users (id) values (?)", (user_id,))
+            created = cur.rowcount == 1
+            if created and balance > 0:
+                conn.execute(
+                    "insert into transactions (user_id, amount, kind, description)"
+                    " values (?, ?, 'credit', 'opening balance')",
+                    (user_id, str(money(balance))),
+                )
+                self._set_money(conn, user_id, balance, Decimal(0))
+            return self._locked_user(conn, user_id), created
+
+        return await self._call(self._tx(op))
+
+    async def get_user(self, user_id: str) -> User | None:
+        def q() -> User | None:
+            assert self._conn is not None
+            row = self._conn.execute(
+                "select id, balance, reserved, rpm_limit, rph_limit, tpm_limit"
+                " from users where id = ?",
+                (user_id,),
+            ).fetchone()
+            return _user(row) if row else None
+
+        return await self._call(q)
+
+    async def set_user_limits(
+        self, user_id: str, *, rpm: int | None, rph: int | None, tpm: int | None
+    ) -> User:
+        def op(conn: sqlite3.Connection) -> User:
+            cur = conn.execute(
+                "update users set rpm_limit = ?, rph_limit = ?, tpm_limit = ? where id = ?",
+                (rpm, rph, tpm, user_id),
+            )
+            if cur.rowcount != 1:
+                raise UserNotFound(user_id)
+            return self._locked_user(conn, user_id)
+
+        return await self._call(self._tx(op))
+
+    async def create_api_key(
+        self, *, user_id: str, key_id: str, key_hash: str, name: str | None
+    ) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            self._locked_user(conn, user_id)
+            conn.execute(
+                "insert into api_keys (id, user_id, key_hash, name) values (?, ?, ?, ?)",
+                (key_id, user_id, key_hash, name),
+            )
+
+        await self._call(self._tx(op))
+
+    async def find_api_key(self, key_hash: str) -> ApiKey | None:
+        def q() -> ApiKey | None:
+            assert self._conn is not None
+            row = self._conn.execute(
+                "select id, user_id, name, revoked_at, rpm_limit, tpm_limit"
+                " from api_keys where key_hash = ?",
+                (key_hash,),
+            ).fetchone()
+            if row is None:
+                return None
+            return ApiKey(
+                key_id=row["id"],
+                user_id=row["user_id"],
+                name=row["name"],
+                revoked=row["revoked_at"] is not None,
+                rpm_limit=row["rpm_limit"],
+                tpm_limit=row["tpm_limit"],
+            )
+
+        return await self._call(q)
+
+    async def revoke_api_key(self, *, user_id: str, key_id: str) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "update api_keys set revoked_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+                " where id = ? and user_id = ? and revoked_at is null",
+                (key_id, user_id),
+            )
+            return cur.rowcount == 1
+
+        return await self._call(self._tx(op))
+
+    # -- money ----------------------------------------------------------------------------
+
+    async def credit(
+        self, *, user_id: str, amount: Decimal, description: str, idempotency_key: str | None
+    ) -> tuple[Decimal, bool]:
+        def op(conn: sqlite3.Connection) -> tuple[Decimal, bool]:
+            user = self._locked_user(conn, user_id)
+            cur = conn.execute(
+                "insert or ignore into transactions"
+                " (user_id, amount, kind, description, idempotency_key)"
+                " values (?, ?, 'credit', ?, ?)",
+                (user_id, str(money(amount)), description, idempotency_key),
+            )
+            if cur.rowcount != 1:
+                return user.balance, False
+            balance = user.balance + money(amount)
+            if balance < user.reserved:
+                raise BalanceConflict("adjustment would take held funds")
+            self._set_money(conn, user_id, balance, user.reserved)
+            return money(balance), True
+
+        return await self._call(self._tx(op))
+
+    async def reserve(
+        self,
+        *,
+        user_id: str,
+        request_id: str,
+        prompt_cost: Decimal,
+        output_price: Decimal,
+        max_tokens: int | None,
+        model_max_output: int | None,
+        ttl_seconds: int,
+    ) -> Reservation:
+        def op(conn: sqlite3.Connection) -> Reservation:
+            row = conn.execute(
+                "select balance, reserved from users where id = ?", (user_id,)
+            ).fetchone()
+            if row is None:
+                return Reservation("no_account", None, Decimal(0), Decimal(0))
+            available = _dec(row["balance"]) - _dec(row["reserved"])
+            if available <= 0 or available < prompt_cost:
+                return Reservation("insufficient", 0, Decimal(0), available)
+            afford: int | None = None
+            if output_price > 0:
+                afford = math.floor((available - prompt_cost) / output_price)
+            if max_tokens is not None:
+                if afford is not None and max_tokens > afford:
+                    return Reservation("insufficient", afford, Decimal(0), available)
+                tokens: int | None = max_tokens
+            else:
+                caps = [c for c in (afford, model_max_output) if c is not None]
+                tokens = min(caps) if caps else None
+                if tokens is not None and tokens < 1:
+                    return Reservation("insufficient", 0, Decimal(0), available)
+            hold = (prompt_cost + (tokens or 0) * output_price).quantize(
+                MONEY_PLACES, rounding=ROUND_CEILING
+            )
+            hold = min(hold, available)
+            cur = conn.execute(
+                "insert or ignore into reservations (request_id, user_id, amount, expires_at)"
+                " values (?, ?, ?, julianday('now') + ? / 86400.0)",
+                (request_id, user_id, str(hold), ttl_seconds),
+            )
+            if cur.rowcount != 1:
+                return Reservation("duplicate", None, Decimal(0), available)
+            self._set_money(conn, user_id, _dec(row["balance"]), _dec(row["reserved"]) + hold)
+            return Reservation("ok", tokens, hold, available)
+
+        return await self._call(self._tx(op))
+
+    @staticmethod
+    def _take_hold(conn: sqlite3.Connection, user_id: str, request_id: str) -> Decimal:
+        row = conn.execute(
+            "select amount from reservations where request_id = ? and user_id = ?",
+            (request_id, user_id),
+        ).fetchone()
+        if row is None:
+            return Decimal(0)
+        conn.execute("delete from reservations where request_id = ?", (request_id,))
+        return _dec(row["amount"])
+
+    async def settle(
+        self,
+        *,
+        user_id: str,
+        request_id: str,
+        cost: Decimal,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        description: str,
+    ) -> Settlement:
+        def op(conn: sqlite3.Connection) -> Settlement:
+            hold = self._take_hold(conn, user_id, request_id)
+            user = self._locked_user(conn, user_id)
+            charge = max(min(money(cost), user.balance - (user.reserved - hold)), Decimal(0))
+            cur = conn.execute(
+                "insert or ignore into transactions (user_id, amount, kind, description, model,"
+                " request_id, prompt_tokens, completion_tokens)"
+                " values (?, ?, 'charge', ?, ?, ?, ?, ?)",
+                (user_id, str(-charge), description, model, request_id, prompt_tokens,
+                 completion_tokens),
+            )
+            if cur.rowcount != 1:
+                self._set_money(conn, user_id, user.balance, user.reserved - hold)
+                prior = conn.execute(
+                    "select amount from transactions where request_id = ? and kind = 'charge'",
+                    (request_id,),
+                ).fetchone()
+                return Settlement("duplicate", -_dec(prior["amount"]), user.balance)
+            balance = user.balance - charge
+            self._set_money(conn, user_id, balance, user.reserved - hold)
+            return Settlement("charged", charge, money(balance))
+
+        return await self._call(self._tx(op))
+
+    async def release(self, *, user_id: str, request_id: str) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            exists = conn.execute(
+                "select 1 from reservations where request_id = ? and user_id = ?",
+                (request_id, user_id),
+            ).fetchone()
+            if exists is None:
+                return False
+            hold = self._take_hold(conn, user_id, request_id)
+            user = self._locked_user(conn, user_id)
+            self._set_money(conn, user_id, user.balance, user.reserved - hold)
+            return True
+
+        return await self._call(self._tx(op))
+
+    async def sweep_expired(self) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            rows = conn.execute(
+                "select request_id, user_id, amount from reservations"
+                " where expires_at < julianday('now')"
+            ).fetchall()
+            for row in rows:
+                conn.execute("delete from reservations where request_id = ?", (row["request_id"],))
+                user = self._locked_user(conn, row["user_id"])
+                self._set_money(conn, user.id, user.balance, user.reserved - _dec(row["amount"]))
+            return len(rows)
+
+        return await self._call(self._tx(op))
+
+    async def transactions(self, user_id: str, *, limit: int, offset: int) -> list[Transaction]:
+        def q() -> list[Transaction]:
+            assert self._conn is not None
+            rows = self._conn.execute(
+                "select id, amount, kind, description, created_at, model, request_id,"
+                " prompt_tokens, completion_tokens from transactions where user_id = ?"
+                " order by id desc limit ? offset ?",
+                (user_id, limit, offset),
+            ).fetchall()
+            return [
+                Transaction(
+                    id=str(r["id"]),
+                    amount=_dec(r["amount"]),
+                    kind=r["kind"],
+                    description=r["description"],
+                    timestamp=datetime.fromisoformat(r["created_at"]).replace(tzinfo=UTC),
+                    model=r["model"],
+                    request_id=r["request_id"],
+                    prompt_tokens=r["prompt_tokens"],
+                    completion_tokens=r["completion_tokens"],
+                )
+                for r in rows
+            ]
+
+        return await self._call(q)
+
+    async def audit(self) -> list[AuditRow]:
+        def q() -> list[AuditRow]:
+            assert self._conn is not None
+            out: list[AuditRow] = []
+            for u in self._conn.execute("select id, balance, reserved from users").fetchall():
+                ledger = sum(
+                    (_dec(r[0]) for r in self._conn.execute(
+                        "select amount from transactions where user_id = ?", (u["id"],))),
+                    Decimal(0),
+                )
+                held = sum(
+                    (_dec(r[0]) for r in self._conn.execute(
+                        "select amount from reservations where user_id = ?", (u["id"],))),
+                    Decimal(0),
+                )
+                balance, reserved = _dec(u["balance"]), _dec(u["reserved"])
+                if balance != ledger or reserved != held:
+                    out.append(AuditRow(u["id"], balance, ledger, reserved, held))
+            return out
+
+        return await self._call(q)
