@@ -1,0 +1,1 @@
+"""Logging, metrics, Sentry and Langfuse tracing: a leaf package that imports only app.config."""
