@@ -40,6 +40,11 @@ _FORBIDDEN_PARAMS = frozenset(
 )
 
 
+# With `tools`, LiteLLM first tries its own MCP gateway (a proxy feature that imports the
+# optional `mcp` package). Tools here are the client's and go to the provider as they are.
+_NO_MCP: dict[str, Any] = {"_skip_mcp_handler": True}
+
+
 def apply_litellm_settings(settings: dict[str, Any]) -> None:
     """Apply `litellm_settings` as LiteLLM's module settings (that is how LiteLLM is configured)."""
     for key, value in settings.items():
@@ -72,6 +77,12 @@ class LLMService:
         self._exact = frozenset(n for n in self._names if "*" not in n)
         self._patterns = [n for n in self._names if "*" in n]
         self._entries = {str(e["model_name"]): e for e in config.model_list}
+        providers: dict[str, set[str]] = {}
+        for e in config.model_list:
+            model = str(e["litellm_params"]["model"])
+            providers.setdefault(str(e["model_name"]), set()).add(model.split("/", 1)[0])
+        # Groups served only by OpenAI-compatible endpoints, which accept every OpenAI field.
+        self._openai_only = frozenset(n for n, p in providers.items() if p == {"openai"})
 
     def model_names(self) -> list[str]:
         return [n for n in self._names if "*" not in n]
@@ -87,17 +98,27 @@ class LLMService:
         model = str(entry["litellm_params"]["model"])
         return model.split("/", 1)[0] if "/" in model else "openai"
 
+    def _passthrough(self, params: dict[str, Any]) -> None:
+        # LiteLLM forwards `user` only for models in OpenAI's own catalogue; an
+        # OpenAI-compatible endpoint gets it in the body as the client sent it.
+        if "user" in params and params.get("model") in self._openai_only:
+            extra = dict(params.get("extra_body") or {})
+            extra["user"] = params.pop("user")
+            params["extra_body"] = extra
+
     async def complete(self, params: dict[str, Any]) -> Any:
         """A chat completion through the Router (retries, fallbacks, cooldowns included)."""
+        self._passthrough(params)
         try:
-            return await self.router.acompletion(**params)
+            return await self.router.acompletion(**params, **_NO_MCP)
         except Exception as exc:
             raise translate_error(exc) from exc
 
     async def stream(self, params: dict[str, Any]) -> AsyncIterator[Any]:
         """Open a streamed chat completion; errors before the first chunk are translated."""
+        self._passthrough(params)
         try:
-            response = await self.router.acompletion(**params)
+            response = await self.router.acompletion(**params, **_NO_MCP)
         except Exception as exc:
             raise translate_error(exc) from exc
         return response  # type: ignore[no-any-return]
@@ -120,6 +141,7 @@ def translate_error(exc: BaseException) -> GatewayError:
         return exc
     name = type(exc).__name__
     detail = _provider_message(exc)
+    log.warning("upstream call failed: %s: %s", name, detail)
     if isinstance(exc, litellm.ContextWindowExceededError):
         return InvalidRequest(
             f"The prompt is longer than the model's context window. {detail}",
