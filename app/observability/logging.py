@@ -61,7 +61,7 @@ class _ContextFilter(logging.Filter):
             record.user_id = user_id_var.get()
         try:
             message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a bad format string must not break the caller
+        except Exception:  # a bad format string must not break the caller
             return True
         record.msg = scrub(message)
         record.args = None
@@ -92,9 +92,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         """Render the record as a single JSON line."""
         payload: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, tz=UTC).isoformat(
-                timespec="milliseconds"
-            ),
+            "ts": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -119,9 +117,7 @@ class JsonFormatter(logging.Formatter):
 
 class _TextFormatter(logging.Formatter):
     def __init__(self) -> None:
-        super().__init__(
-            "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
-        )
+        super().__init__("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         if getattr(record, "request_id", None) is None:

@@ -233,9 +233,7 @@ class Metrics:
             return
         child = self._rate_limit.get(outcome)
         if child is None:
-            child = self._rate_limit[outcome] = self._rate_limit_requests.labels(
-                outcome
-            )
+            child = self._rate_limit[outcome] = self._rate_limit_requests.labels(outcome)
         child.inc()
 
     def billing(self, *, operation: str, outcome: str) -> None:
@@ -245,14 +243,10 @@ class Metrics:
         key = (operation, outcome)
         child = self._billing.get(key)
         if child is None:
-            child = self._billing[key] = self._billing_operations.labels(
-                operation, outcome
-            )
+            child = self._billing[key] = self._billing_operations.labels(operation, outcome)
         child.inc()
 
-    def http_request(
-        self, *, method: str, route: str, status: int, duration_s: float
-    ) -> None:
+    def http_request(self, *, method: str, route: str, status: int, duration_s: float) -> None:
         """Record one HTTP request; `route` is the route template, never the raw path."""
         if not self.enabled:
             return

@@ -43,7 +43,8 @@ _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
         re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s:/@]*:)[^\s@/]+@"),
         rf"\1{REDACTED}@",
     ),
-    (re.compile(r"(?i)\bbearer\s+[^\s\"',;]+"), f"Bearer {REDACTED}"),
+    # The token is RFC 6750's b64token, so a closing bracket or quote after it survives.
+    (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]+"), f"Bearer {REDACTED}"),
     (re.compile(r"\bBasic\s+[A-Za-z0-9+/]{8,}={0,2}(?![\w+/=])"), f"Basic {REDACTED}"),
     # JWTs: a base64url JSON header (always starts "eyJ") and two more segments.
     (
@@ -93,9 +94,7 @@ def scrub_value(value: Any) -> Any:
         return scrub(value)
     if isinstance(value, Mapping):
         return {
-            key: REDACTED
-            if isinstance(key, str) and is_secret_key(key)
-            else scrub_value(item)
+            key: REDACTED if isinstance(key, str) and is_secret_key(key) else scrub_value(item)
             for key, item in value.items()
         }
     if isinstance(value, list | tuple):
