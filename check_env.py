@@ -100,8 +100,7 @@ def check_settings() -> tuple[Settings | None, Check]:
         settings = Settings()
     except ValidationError as exc:
         problems = [
-            f"{'.'.join(str(p) for p in err['loc']) or '(settings)'}: {err['msg']}"
-            for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or '(settings)'}: {err['msg']}" for err in exc.errors()
         ]
         return None, Check("settings", "FAIL", "invalid environment: " + "; ".join(problems))
     detail = f"ENVIRONMENT={settings.ENVIRONMENT}, listening on {settings.HOST}:{settings.PORT}"
@@ -127,15 +126,11 @@ def check_model_config(settings: Settings) -> tuple[list[dict[str, Any]], list[C
     names = config.model_names()
     if not names:
         return [], [Check("model config", "FAIL", f"{config.path}: model_list is empty")]
-    checks = [
-        Check("model config", "OK", f"{config.path}: {len(names)} model(s): {', '.join(names)}")
-    ]
+    checks = [Check("model config", "OK", f"{config.path}: {len(names)} model(s): {', '.join(names)}")]
     with open(config.path, encoding="utf-8") as f:
         missing = sorted(name for name in env_refs(yaml.safe_load(f)) if not os.environ.get(name))
     if missing:
-        checks.append(
-            Check("model config env", "WARN", "referenced but unset: " + ", ".join(missing))
-        )
+        checks.append(Check("model config env", "WARN", "referenced but unset: " + ", ".join(missing)))
     return config.model_list, checks
 
 
@@ -146,9 +141,7 @@ def check_production(settings: Settings) -> Check:
             return Check("production safety", "FAIL", "; ".join(problems))
         return Check("production safety", "OK", "no unsafe defaults")
     if problems:
-        return Check(
-            "production safety", "WARN", "refused if ENVIRONMENT=production: " + "; ".join(problems)
-        )
+        return Check("production safety", "WARN", "refused if ENVIRONMENT=production: " + "; ".join(problems))
     return Check("production safety", "OK", "no unsafe defaults")
 
 
@@ -178,9 +171,7 @@ async def check_postgres(url: str) -> Check:
     missing = sorted(set(GATEWAY_TABLES) - {r["table_name"] for r in rows})
     if missing:
         hint = "run: python -m app.store.migrations"
-        return Check(
-            "postgres", "WARN", f"{where}: connected; missing tables {', '.join(missing)} ({hint})"
-        )
+        return Check("postgres", "WARN", f"{where}: connected; missing tables {', '.join(missing)} ({hint})")
     return Check("postgres", "OK", f"{where}: connected; gateway tables present")
 
 
@@ -195,18 +186,12 @@ async def check_supabase(url: str, key: str) -> Check:
         async with httpx.AsyncClient(timeout=TIMEOUT) as client:
             response = await client.get(endpoint, headers=headers)
     except httpx.HTTPError as exc:
-        return Check(
-            "supabase", "FAIL", f"cannot reach {url_for_display(endpoint)}: {error_text(exc)}"
-        )
+        return Check("supabase", "FAIL", f"cannot reach {url_for_display(endpoint)}: {error_text(exc)}")
     if response.status_code in (401, 403):
         return Check("supabase", "FAIL", f"key {mask(key)} rejected (HTTP {response.status_code})")
     if response.status_code >= 400:
-        return Check(
-            "supabase", "FAIL", f"{url_for_display(endpoint)} answered HTTP {response.status_code}"
-        )
-    return Check(
-        "supabase", "OK", f"{url_for_display(endpoint)} answered HTTP {response.status_code}"
-    )
+        return Check("supabase", "FAIL", f"{url_for_display(endpoint)} answered HTTP {response.status_code}")
+    return Check("supabase", "OK", f"{url_for_display(endpoint)} answered HTTP {response.status_code}")
 
 
 async def check_redis(url: str) -> Check:
@@ -235,9 +220,7 @@ def provider_targets(model_list: list[dict[str, Any]]) -> dict[tuple[str, str, s
         if "mock_response" in params:
             continue
         try:
-            _, provider, _, _ = get_llm_provider(
-                model=params["model"], api_base=params.get("api_base")
-            )
+            _, provider, _, _ = get_llm_provider(model=params["model"], api_base=params.get("api_base"))
         except Exception:  # an unknown provider prefix
             provider = str(params["model"]).split("/", 1)[0]
         key = params.get("api_key") or os.environ.get(PROVIDER_KEY_ENV.get(provider, ""), "")

@@ -187,9 +187,7 @@ class _AccessLog:
 
     def _log(self, scope: Scope, resp: _Response, seconds: float) -> None:
         # Credentials never reach the log, whatever access_log_format asks for.
-        req_headers = [
-            (k, v) for k, v in _decode(scope.get("headers", [])) if k.lower() != "authorization"
-        ]
+        req_headers = [(k, v) for k, v in _decode(scope.get("headers", [])) if k.lower() != "authorization"]
         headers = dict((k.lower(), v) for k, v in req_headers)
         query = scope.get("query_string", b"").decode("latin-1")
         raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")

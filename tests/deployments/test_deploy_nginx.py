@@ -24,7 +24,7 @@ needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx binary not install
 
 # A tiny ASGI upstream: /sse streams three events 0.4s apart; anything else echoes what nginx
 # forwarded (client address as seen by the app, X-Request-ID, X-Forwarded-*).
-UPSTREAM_APP = '''
+UPSTREAM_APP = """
 import asyncio, json
 
 async def app(scope, receive, send):
@@ -49,7 +49,7 @@ async def app(scope, receive, send):
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": body})
-'''
+"""
 
 
 def free_port() -> int:
@@ -72,7 +72,7 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
 def make_prefix(tmp: Path, *, listen_port: int, upstream_port: int, text: str | None = None) -> Path:
     """Copy nginx.conf into a fresh prefix, substituting the two documented values."""
     (tmp / "logs").mkdir(parents=True, exist_ok=True)
-    conf = (text if text is not None else NGINX_CONF.read_text())
+    conf = text if text is not None else NGINX_CONF.read_text()
     conf = conf.replace(UPSTREAM, f"127.0.0.1:{upstream_port}")
     conf = conf.replace(LISTEN, f"listen 127.0.0.1:{listen_port}")
     path = tmp / "nginx.conf"
@@ -82,9 +82,7 @@ def make_prefix(tmp: Path, *, listen_port: int, upstream_port: int, text: str | 
 
 def nginx_test(prefix: Path, conf: Path) -> subprocess.CompletedProcess[str]:
     assert NGINX is not None
-    return subprocess.run(
-        [NGINX, "-t", "-p", str(prefix), "-c", str(conf)], capture_output=True, text=True
-    )
+    return subprocess.run([NGINX, "-t", "-p", str(prefix), "-c", str(conf)], capture_output=True, text=True)
 
 
 def test_substitution_points_appear_exactly_once() -> None:
@@ -105,9 +103,24 @@ def test_config_is_valid_in_a_temp_prefix(tmp_path: Path) -> None:
 def test_commented_tls_block_is_valid_once_enabled(tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
     )
     text = NGINX_CONF.read_text()
     enabled = []
@@ -135,8 +148,16 @@ def proxied(tmp_path: Path) -> Iterator[tuple[int, int, Path, subprocess.Popen[b
     (tmp_path / "upstream_app.py").write_text(UPSTREAM_APP)
     upstream_port, nginx_port = free_port(), free_port()
     upstream = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "upstream_app:app", "--port", str(upstream_port),
-         "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "upstream_app:app",
+            "--port",
+            str(upstream_port),
+            "--log-level",
+            "warning",
+        ],
         cwd=tmp_path,
     )
     prefix = tmp_path / "nginx"
@@ -153,8 +174,9 @@ def proxied(tmp_path: Path) -> Iterator[tuple[int, int, Path, subprocess.Popen[b
                 proc.wait(timeout=10)
 
 
-def request(port: int, method: str, path: str, body: bytes | None = None,
-            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def request(
+    port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         conn.request(method, path, body=body, headers=headers or {})
@@ -215,7 +237,10 @@ def test_json_is_gzipped_for_clients_that_accept_it(proxied: tuple[int, int, Pat
 
 def test_body_over_10_mib_gets_openai_413(proxied: tuple[int, int, Path, object]) -> None:
     status, headers, body = request(
-        proxied[0], "POST", "/v1/chat/completions", body=b"x" * (10 * 1024 * 1024 + 1),
+        proxied[0],
+        "POST",
+        "/v1/chat/completions",
+        body=b"x" * (10 * 1024 * 1024 + 1),
         headers={"Content-Type": "application/json"},
     )
     assert status == 413
