@@ -31,6 +31,7 @@ def recording_server() -> Iterator[RecordingServer]:
     try:
         yield recorder
     finally:
+        recorder.stopped.set()
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ _SCRUBBED_ENV_PREFIXES = ("PROMETHEUS_", "prometheus_", "LANGFUSE_", "SENTRY_", 
 
 @dataclass
 class Recorded:
+    """One request the server received; header names lower-cased, body un-gzipped."""
+
     method: str
     path: str
     headers: dict[str, str]
@@ -32,6 +35,7 @@ class RecordingServer:
     url: str
     requests: list[Recorded] = field(default_factory=list)
     delay_s: float = 0.0
+    stopped: threading.Event = field(default_factory=threading.Event)
 
     def wait_for(self, predicate: Callable[[Recorded], bool], timeout: float = 10.0) -> Recorded:
         """The first recorded request matching predicate, waiting for it if need be."""
@@ -52,14 +56,19 @@ def handler_for(server: RecordingServer) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length)
             if self.headers.get("Content-Encoding") == "gzip":
                 body = gzip.decompress(body)
-            server.requests.append(Recorded(self.command, self.path, dict(self.headers.items()), body))
-            if server.delay_s:
-                time.sleep(server.delay_s)
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
+            server.requests.append(
+                Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+            )
+            if server.delay_s and server.stopped.wait(server.delay_s):
+                return  # the test is over; the client has gone
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+            except OSError:
+                pass  # a client that gave up waiting
 
         do_POST = _record
         do_GET = _record
