@@ -15,6 +15,7 @@ attributes stay identical to what the wrapper would produce.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -42,6 +43,19 @@ LANGFUSE_SCOPE = "langfuse-sdk"
 LANGFUSE_CURRENCY = "USD"
 
 _OBSERVATION_METADATA = Attr.OBSERVATION_METADATA + "."
+
+
+# No wall-clock reading is below this (2001-09-09); monotonic readings (seconds since
+# boot) always are.
+_EPOCH_FLOOR = 1_000_000_000.0
+
+
+def _wall_clock_offset(start: float) -> float:
+    """0 for time.time() readings; what moves perf_counter()/monotonic() ones to wall time."""
+    if start >= _EPOCH_FLOOR:
+        return 0.0
+    # perf_counter and monotonic share CLOCK_MONOTONIC on Linux; one offset maps both.
+    return time.time() - time.perf_counter()
 
 
 def _ns(epoch_seconds: float) -> int:
@@ -169,10 +183,12 @@ class LLMTracer:
         stream: bool,
         error: str | None = None,
     ) -> None:
-        """Record one finished call (start/end: epoch seconds; ttft: seconds after start)."""
+        """Record one finished call; start/end from time.time() or perf_counter(), ttft in seconds."""
         if self._client is None or self._tracer is None:
             return
         try:
+            offset = _wall_clock_offset(start)
+            start, end = start + offset, end + offset
             attributes = _generation_attributes(
                 environment=self._environment,
                 request_id=request_id,

@@ -38,6 +38,11 @@ tracer.trace_call(
     prompt_tokens=12, completion_tokens=0, cost=None, currency="USD", start=start,
     end=start + 3.0, ttft=None, status="error", stream=False,
     error="all providers failed: 401 invalid key sk-abcdef123456")
+now = time.perf_counter()  # the clock the gateway's handlers time calls with
+tracer.trace_call(
+    request_id="req-779", user_id="user-42", model="gpt-4o-mini", provider_model=None,
+    prompt_tokens=1, completion_tokens=1, cost=None, currency="USD", start=now - 2.0, end=now,
+    ttft=None, status="success", stream=False)
 tracer.shutdown()
 """
 
@@ -98,6 +103,7 @@ def test_tracer_is_off_unless_enabled_with_both_keys() -> None:
 def test_calls_arrive_at_langfuse_otel_endpoint(
     recording_server: RecordingServer, run_python: Callable[..., str]
 ) -> None:
+    began = time.time()
     run_python(f"HOST = {recording_server.url + '/'!r}\n{CALL}")
 
     assert {r.path for r in recording_server.requests} == {OTEL_PATH}
@@ -138,6 +144,10 @@ def test_calls_arrive_at_langfuse_otel_endpoint(
     assert failed["langfuse.observation.status_message"] == "all providers failed: 401 invalid key sk-***"
     assert "langfuse.observation.cost_details" not in failed
     assert found["req-778"]["seconds"] == 3.0
+
+    monotonic = found["req-779"]
+    assert abs(monotonic["seconds"] - 2.0) < 1e-3
+    assert abs(monotonic["start"] - (began - 2.0)) < 30
 
 
 PARITY = """
