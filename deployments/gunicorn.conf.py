@@ -92,7 +92,7 @@ access_log_format = (
 )
 
 
-class _JsonAtoms(SafeAtoms):
+class _JsonAtoms(SafeAtoms):  # type: ignore[misc]
     """Gunicorn's atoms with every string JSON-escaped (gunicorn itself only escapes quotes)."""
 
     def __init__(self, atoms: dict[str, Any]) -> None:
@@ -101,7 +101,7 @@ class _JsonAtoms(SafeAtoms):
             self[key] = json.dumps(value)[1:-1] if isinstance(value, str) else value
 
 
-class JsonAccessLogger(GunicornLogger):
+class JsonAccessLogger(GunicornLogger):  # type: ignore[misc]
     """Gunicorn's logger, producing access lines that are valid JSON."""
 
     atoms_wrapper_class = _JsonAtoms
@@ -218,7 +218,7 @@ class JsonAccessUvicornWorker(UvicornWorker):  # type: ignore[misc]
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
-        self.wsgi = _AccessLog(self.wsgi, self.log)
+        self.wsgi: ASGIApp = _AccessLog(self.wsgi, self.log)
 
 
 worker_class = JsonAccessUvicornWorker
