@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
+import aiohttp
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -24,6 +25,7 @@ from app.billing.service import BillingService
 from app.bootstrap import ensure_demo_account
 from app.config import Settings, load_model_config
 from app.errors import GatewayError, InvalidRequest, NotFound
+from app.llm.fastpath import DirectCaller, close_session
 from app.llm.router import LLMService, apply_litellm_settings, build_router
 from app.middleware import GatewayMiddleware
 from app.observability.logging import configure_logging
@@ -81,6 +83,12 @@ def _lifespan(settings: Settings, metrics: Metrics):  # type: ignore[no-untyped-
             await billing_service.start()
             stack.push_async_callback(billing_service.stop)
             router = build_router(model_config, redis_url=settings.REDIS_URL or None)
+            # One pool of keep-alive connections to the providers for the fast path.
+            http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60),
+                skip_auto_headers=("User-Agent",),
+            )
+            stack.push_async_callback(close_session, http)
             tracer = LLMTracer.from_settings(settings)
             stack.callback(tracer.shutdown)
             state = AppState(
@@ -98,7 +106,7 @@ def _lifespan(settings: Settings, metrics: Metrics):  # type: ignore[no-untyped-
                     ),
                     default_balance=settings.BILLING_DEFAULT_BALANCE,
                 ),
-                llm=LLMService(router, model_config),
+                llm=LLMService(router, model_config, direct=DirectCaller(router, http)),
                 billing=billing_service,
                 metrics=metrics,
                 tracer=tracer,

@@ -17,6 +17,7 @@ from app.auth.service import Principal
 from app.billing.service import Hold
 from app.billing.tokens import count_prompt_tokens, count_text_tokens
 from app.errors import GatewayError, ModelNotFound, sse_error_event
+from app.llm.fastpath import DirectResponse, DirectStream, StreamTally, relay_events
 from app.llm.requests import ChatRequest, parse_chat
 from app.llm.router import translate_error
 from app.state import AppState
@@ -81,30 +82,45 @@ async def _chat(request: Request, state: AppState, principal: Principal, chat: C
     )
     if hold is not None and chat.max_tokens is None and hold.max_tokens is not None:
         chat.params[chat.max_tokens_key] = hold.max_tokens  # what the balance affords
-    if chat.stream:
-        return await _stream(state, chat, call, hold)
-    return await _complete(state, chat, call, hold)
-
-
-async def _complete(state: AppState, chat: ChatRequest, call: CallRecord, hold: Hold | None) -> Response:
     try:
-        response = await state.llm.complete(chat.params)
+        upstream = await state.llm.chat(chat.params)
     except GatewayError as exc:
-        await _failed(state, call, hold, exc)
+        if hold is not None:
+            await state.billing.release(hold)
+        _finished(state, call, "error", error=exc)
         raise
-    call.first_token = time.perf_counter()
-    hidden: dict[str, Any] = getattr(response, "_hidden_params", {}) or {}
+    hidden: dict[str, Any] = getattr(upstream, "_hidden_params", None) or {}
     call.deployment_id = hidden.get("model_id")
     call.provider = str(hidden.get("custom_llm_provider") or "unknown")
-    usage = getattr(response, "usage", None)
-    if usage is not None and getattr(usage, "prompt_tokens", None) is not None:
-        call.prompt_tokens = int(usage.prompt_tokens)
-        call.completion_tokens = int(usage.completion_tokens or 0)
-    else:
-        text = "".join(
-            (c.message.content or "") for c in response.choices if getattr(c, "message", None)
+    if chat.stream:
+        tally = StreamTally()
+        if isinstance(upstream, DirectStream):
+            source = relay_events(upstream, tally, client_wants_usage=chat.wants_usage)
+        else:
+            source = _litellm_events(upstream, tally, client_wants_usage=chat.wants_usage)
+        return StreamingResponse(
+            _events(state, call, hold, source, tally, upstream),
+            media_type="text/event-stream",
+            headers=SSE_HEADERS,
         )
-        call.completion_tokens = await count_text_tokens(chat.model, text)
+    return await _respond(state, chat, call, hold, upstream)
+
+
+async def _respond(
+    state: AppState, chat: ChatRequest, call: CallRecord, hold: Hold | None, upstream: Any
+) -> Response:
+    call.first_token = time.perf_counter()
+    if isinstance(upstream, DirectResponse):
+        body, usage = upstream.body, upstream.usage
+    else:
+        body = upstream.model_dump_json().encode()
+        raw = getattr(upstream, "usage", None)
+        usage = None if raw is None else {"prompt_tokens": raw.prompt_tokens, "completion_tokens": raw.completion_tokens}
+    if usage is not None and usage.get("prompt_tokens") is not None:
+        call.prompt_tokens = int(usage["prompt_tokens"])
+        call.completion_tokens = int(usage.get("completion_tokens") or 0)
+    else:
+        call.completion_tokens = await count_text_tokens(chat.model, _message_text(upstream))
     headers: dict[str, str] = {}
     if hold is not None:
         call.cost = await state.billing.settle(
@@ -115,51 +131,58 @@ async def _complete(state: AppState, chat: ChatRequest, call: CallRecord, hold: 
         )
         headers["X-Request-Cost"] = f"{call.cost:f}"
     _finished(state, call, "success")
-    return Response(response.model_dump_json(), media_type="application/json", headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
 
 
-async def _stream(state: AppState, chat: ChatRequest, call: CallRecord, hold: Hold | None) -> Response:
-    try:
-        upstream = await state.llm.stream(chat.params)
-    except GatewayError as exc:
-        await _failed(state, call, hold, exc)
-        raise
-    hidden: dict[str, Any] = getattr(upstream, "_hidden_params", {}) or {}
-    call.deployment_id = hidden.get("model_id")
-    call.provider = str(hidden.get("custom_llm_provider") or "unknown")
-    return StreamingResponse(
-        _events(state, chat, call, hold, upstream),
-        media_type="text/event-stream",
-        headers=SSE_HEADERS,
-    )
+def _message_text(upstream: Any) -> str:
+    if isinstance(upstream, DirectResponse):
+        import orjson
+
+        choices = orjson.loads(upstream.body).get("choices") or []
+        return "".join((c.get("message") or {}).get("content") or "" for c in choices)
+    return "".join((c.message.content or "") for c in upstream.choices if getattr(c, "message", None))
+
+
+async def _litellm_events(upstream: Any, tally: StreamTally, *, client_wants_usage: bool) -> AsyncIterator[bytes]:
+    """LiteLLM's chunk objects as SSE events (providers that are not OpenAI-compatible)."""
+    async for chunk in upstream:
+        usage = getattr(chunk, "usage", None)
+        if usage is not None and getattr(usage, "prompt_tokens", None) is not None:
+            tally.usage = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}
+            if not any(_delta_text(c) for c in chunk.choices or []):
+                if not client_wants_usage:
+                    continue  # asked upstream for billing; the client did not ask for it
+                chunk.choices = []  # OpenAI's usage chunk carries no choices
+        for choice in chunk.choices:
+            text = _delta_text(choice)
+            if text:
+                tally.parts.append(text)
+        yield b"data: " + chunk.model_dump_json(exclude_none=True).encode() + b"\n\n"
+
+
+def _delta_text(choice: Any) -> str:
+    delta = getattr(choice, "delta", None)
+    content = getattr(delta, "content", None) if delta is not None else None
+    return content if isinstance(content, str) else ""
 
 
 async def _events(
-    state: AppState, chat: ChatRequest, call: CallRecord, hold: Hold | None, upstream: Any
+    state: AppState,
+    call: CallRecord,
+    hold: Hold | None,
+    source: AsyncIterator[bytes],
+    tally: StreamTally,
+    upstream: Any,
 ) -> AsyncIterator[bytes]:
-    parts: list[str] = []
-    usage: Any = None
     outcome: str | None = None
     try:
-        async for chunk in upstream:
-            chunk_usage = getattr(chunk, "usage", None)
-            if chunk_usage is not None and getattr(chunk_usage, "prompt_tokens", None) is not None:
-                usage = chunk_usage
-                if not chunk.choices or not any(_delta_text(c) for c in chunk.choices):
-                    if not chat.wants_usage:
-                        continue  # asked upstream for billing; the client did not ask for it
-                    chunk.choices = []  # OpenAI's usage chunk carries no choices
-            for choice in chunk.choices:
-                text = _delta_text(choice)
-                if text:
-                    if call.first_token is None:
-                        call.first_token = time.perf_counter()
-                    parts.append(text)
-            yield b"data: " + chunk.model_dump_json(exclude_none=True).encode() + b"\n\n"
-    except Exception as exc:  # the provider failed midway: end with an error event
+        async for block in source:
+            if call.first_token is None:
+                call.first_token = time.perf_counter()
+            yield block
+    except Exception as exc:  # the provider failed midway: end with an error event, charge nothing
         outcome = "error"
         error = translate_error(exc)
-        log.warning("stream failed upstream", extra={"error": type(exc).__name__})
         if hold is not None:
             state.billing.release_soon(hold)
         _finished(state, call, "error", error=error)
@@ -167,38 +190,23 @@ async def _events(
         return
     else:
         outcome = "success"
-        await _settle_stream(state, chat, call, hold, usage, parts)
+        await _settle_stream(state, call, hold, tally)
         _finished(state, call, "success")
         yield DONE
     finally:
         if outcome is None:
-            # The client went away: charge for what was generated, in a task of its own
-            # (this one is being cancelled), and stop the provider generating more.
+            # The client went away. This task is being cancelled, so the provider stream is
+            # closed and what was generated is charged in tasks of their own.
             state.billing.detach(_close_quietly(upstream))
-            call.completion_tokens = _rough_tokens(parts)
-            if hold is not None:
-                state.billing.settle_soon(
-                    hold,
-                    prompt_tokens=call.prompt_tokens,
-                    completion_tokens=call.completion_tokens,
-                    deployment_id=call.deployment_id,
-                )
-            _finished(state, call, "client_closed")
+            state.billing.detach(_settle_dropped(state, call, hold, tally))
 
 
-async def _settle_stream(
-    state: AppState,
-    chat: ChatRequest,
-    call: CallRecord,
-    hold: Hold | None,
-    usage: Any,
-    parts: list[str],
-) -> None:
-    if usage is not None:
-        call.prompt_tokens = int(usage.prompt_tokens)
-        call.completion_tokens = int(usage.completion_tokens or 0)
+async def _settle_stream(state: AppState, call: CallRecord, hold: Hold | None, tally: StreamTally) -> None:
+    if tally.usage is not None and tally.usage.get("prompt_tokens") is not None:
+        call.prompt_tokens = int(tally.usage["prompt_tokens"])
+        call.completion_tokens = int(tally.usage.get("completion_tokens") or 0)
     else:
-        call.completion_tokens = await count_text_tokens(chat.model, "".join(parts))
+        call.completion_tokens = await count_text_tokens(call.model, tally.generated_text())
     if hold is not None:
         call.cost = await state.billing.settle(
             hold,
@@ -208,16 +216,10 @@ async def _settle_stream(
         )
 
 
-def _delta_text(choice: Any) -> str:
-    delta = getattr(choice, "delta", None)
-    content = getattr(delta, "content", None) if delta is not None else None
-    return content if isinstance(content, str) else ""
-
-
-def _rough_tokens(parts: list[str]) -> int:
-    # Providers send about one token per content chunk; no await is possible here (the
-    # task may be cancelled), so count chunks rather than run the tokenizer.
-    return len(parts)
+async def _settle_dropped(state: AppState, call: CallRecord, hold: Hold | None, tally: StreamTally) -> None:
+    """Charge a dropped stream for the prompt and the completion generated so far."""
+    await _settle_stream(state, call, hold, tally)
+    _finished(state, call, "client_closed")
 
 
 async def _close_quietly(upstream: Any) -> None:
@@ -226,14 +228,8 @@ async def _close_quietly(upstream: Any) -> None:
         return
     try:
         await closer()
-    except BaseException:  # noqa: BLE001 - closing a dead stream must not mask the cancel
-        pass
-
-
-async def _failed(state: AppState, call: CallRecord, hold: Hold | None, error: GatewayError) -> None:
-    if hold is not None:
-        await state.billing.release(hold)
-    _finished(state, call, "error", error=error)
+    except Exception:  # closing an already broken stream
+        log.debug("closing the upstream stream failed", exc_info=True)
 
 
 def _finished(state: AppState, call: CallRecord, status: str, *, error: GatewayError | None = None) -> None:
@@ -252,6 +248,8 @@ def _finished(state: AppState, call: CallRecord, status: str, *, error: GatewayE
     )
     if error is not None:
         state.metrics.llm_error(error_type=error.code or error.error_type)
+    if state.ratelimiter is not None:
+        state.ratelimiter.record_tokens(call.user_id, call.prompt_tokens + call.completion_tokens)
     state.tracer.trace_call(
         request_id=call.request_id,
         user_id=call.user_id,

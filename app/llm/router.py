@@ -5,13 +5,13 @@ from __future__ import annotations
 import fnmatch
 import inspect
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import litellm
 from litellm import Router
 
 from app.config import ModelConfig
+from app.llm.fastpath import DirectCaller, direct_groups
 from app.errors import (
     GatewayError,
     InvalidRequest,
@@ -69,10 +69,16 @@ def build_router(config: ModelConfig, *, redis_url: str | None = None) -> Router
 
 
 class LLMService:
-    """Calls through the Router; knows which public model names exist."""
+    """Calls through the Router; knows which public model names exist.
 
-    def __init__(self, router: Router, config: ModelConfig) -> None:
+    Groups served by plain OpenAI-compatible deployments go through `direct` (the fast path,
+    still routed by the Router); everything else through `Router.acompletion`.
+    """
+
+    def __init__(self, router: Router, config: ModelConfig, *, direct: DirectCaller | None = None) -> None:
         self.router = router
+        self.direct = direct
+        self.direct_groups = direct_groups(config) if direct is not None else frozenset()
         self._names = config.model_names()
         self._exact = frozenset(n for n in self._names if "*" not in n)
         self._patterns = [n for n in self._names if "*" in n]
@@ -106,22 +112,19 @@ class LLMService:
             extra["user"] = params.pop("user")
             params["extra_body"] = extra
 
-    async def complete(self, params: dict[str, Any]) -> Any:
-        """A chat completion through the Router (retries, fallbacks, cooldowns included)."""
-        self._passthrough(params)
+    async def chat(self, params: dict[str, Any]) -> Any:
+        """A chat completion, JSON or streamed, with the Router's retries, fallbacks and cooldowns.
+
+        Returns a DirectResponse/DirectStream for fast-path groups, else LiteLLM's
+        ModelResponse/CustomStreamWrapper. Errors before the first byte are translated.
+        """
         try:
+            if self.direct is not None and params["model"] in self.direct_groups:
+                return await self.direct.call(params)
+            self._passthrough(params)
             return await self.router.acompletion(**params, **_NO_MCP)
         except Exception as exc:
             raise translate_error(exc) from exc
-
-    async def stream(self, params: dict[str, Any]) -> AsyncIterator[Any]:
-        """Open a streamed chat completion; errors before the first chunk are translated."""
-        self._passthrough(params)
-        try:
-            response = await self.router.acompletion(**params, **_NO_MCP)
-        except Exception as exc:
-            raise translate_error(exc) from exc
-        return response  # type: ignore[no-any-return]
 
     async def embed(self, params: dict[str, Any]) -> Any:
         try:
