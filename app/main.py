@@ -144,7 +144,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         first = exc.errors()[0] if exc.errors() else {}
         loc = [str(p) for p in first.get("loc", []) if p not in ("body", "query", "path")]
         param = ".".join(loc) or None
-        return _error_response(InvalidRequest(f"Invalid request: {first.get('msg', 'bad input')}.", param=param))
+        return _error_response(
+            InvalidRequest(f"Invalid request: {first.get('msg', 'bad input')}.", param=param)
+        )
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
@@ -152,7 +154,11 @@ def _install_error_handlers(app: FastAPI) -> None:
             return _error_response(NotFound(f"Unknown route: {request.method} {request.url.path}"))
         if exc.status_code == 405:
             return _error_response(
-                InvalidRequest(f"Method {request.method} is not allowed here.", status_code=405, code="method_not_allowed")
+                InvalidRequest(
+                    f"Method {request.method} is not allowed here.",
+                    status_code=405,
+                    code="method_not_allowed",
+                )
             )
         return _error_response(GatewayError(str(exc.detail), status_code=exc.status_code))
 

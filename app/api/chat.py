@@ -115,7 +115,11 @@ async def _respond(
     else:
         body = upstream.model_dump_json().encode()
         raw = getattr(upstream, "usage", None)
-        usage = None if raw is None else {"prompt_tokens": raw.prompt_tokens, "completion_tokens": raw.completion_tokens}
+        usage = (
+            None
+            if raw is None
+            else {"prompt_tokens": raw.prompt_tokens, "completion_tokens": raw.completion_tokens}
+        )
     if usage is not None and usage.get("prompt_tokens") is not None:
         call.prompt_tokens = int(usage["prompt_tokens"])
         call.completion_tokens = int(usage.get("completion_tokens") or 0)
@@ -143,7 +147,9 @@ def _message_text(upstream: Any) -> str:
     return "".join((c.message.content or "") for c in upstream.choices if getattr(c, "message", None))
 
 
-async def _litellm_events(upstream: Any, tally: StreamTally, *, client_wants_usage: bool) -> AsyncIterator[bytes]:
+async def _litellm_events(
+    upstream: Any, tally: StreamTally, *, client_wants_usage: bool
+) -> AsyncIterator[bytes]:
     """LiteLLM's chunk objects as SSE events (providers that are not OpenAI-compatible)."""
     async for chunk in upstream:
         usage = getattr(chunk, "usage", None)

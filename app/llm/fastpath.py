@@ -22,9 +22,9 @@ from typing import Any
 
 import aiohttp
 import httpx
-import litellm
 import orjson
-from litellm import Router
+from litellm import exceptions as llm_errors
+from litellm.router import Router
 
 from app.config import ModelConfig
 
@@ -32,9 +32,21 @@ from app.config import ModelConfig
 # as mock_response or provider-specific settings, needs LiteLLM's own call path).
 _DIRECT_PARAMS = frozenset(
     {
-        "model", "api_base", "api_key", "organization", "timeout", "stream_timeout", "rpm", "tpm",
-        "num_retries", "max_retries", "extra_headers", "input_cost_per_token",
-        "output_cost_per_token", "weight", "order",
+        "model",
+        "api_base",
+        "api_key",
+        "organization",
+        "timeout",
+        "stream_timeout",
+        "rpm",
+        "tpm",
+        "num_retries",
+        "max_retries",
+        "extra_headers",
+        "input_cost_per_token",
+        "output_cost_per_token",
+        "weight",
+        "order",
     }
 )
 # Routing strategies that decide from the Router's own state; the others learn from
@@ -116,7 +128,7 @@ class DirectCaller:
             "gw_body": params,
             "original_function": self._attempt,
         }
-        self._router._update_kwargs_before_fallbacks(model=model, kwargs=kwargs)  # noqa: SLF001
+        self._router._update_kwargs_before_fallbacks(model=model, kwargs=kwargs)
         result: DirectResponse | DirectStream = await self._router.async_function_with_fallbacks(**kwargs)
         return result
 
@@ -139,15 +151,29 @@ class DirectCaller:
         timeout = self._timeout(params, stream=stream)
         started = time.time()
         try:
-            response = await self._session.post(url, data=orjson.dumps(body), headers=headers, timeout=timeout)
+            response = await self._session.post(
+                url, data=orjson.dumps(body), headers=headers, timeout=timeout
+            )
         except TimeoutError as exc:
-            raise self._failed(litellm.Timeout(
-                message=f"timed out after {timeout.total or timeout.sock_read}s", model=model, llm_provider="openai"
-            ), deployment, model, started) from exc
+            raise self._failed(
+                llm_errors.Timeout(
+                    message=f"timed out after {timeout.total or timeout.sock_read}s",
+                    model=model,
+                    llm_provider="openai",
+                ),
+                deployment,
+                model,
+                started,
+            ) from exc
         except aiohttp.ClientError as exc:
-            raise self._failed(litellm.APIConnectionError(
-                message=f"{type(exc).__name__}: {exc}", llm_provider="openai", model=model
-            ), deployment, model, started) from exc
+            raise self._failed(
+                llm_errors.APIConnectionError(
+                    message=f"{type(exc).__name__}: {exc}", llm_provider="openai", model=model
+                ),
+                deployment,
+                model,
+                started,
+            ) from exc
         if response.status != 200:
             try:
                 data = await response.read()
@@ -162,9 +188,14 @@ class DirectCaller:
         try:
             data = await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise self._failed(litellm.APIConnectionError(
-                message=f"{type(exc).__name__} reading the response", llm_provider="openai", model=model
-            ), deployment, model, started) from exc
+            raise self._failed(
+                llm_errors.APIConnectionError(
+                    message=f"{type(exc).__name__} reading the response", llm_provider="openai", model=model
+                ),
+                deployment,
+                model,
+                started,
+            ) from exc
         finally:
             response.release()
         usage = _usage_of(data)
@@ -214,23 +245,23 @@ def _status_error(response: aiohttp.ClientResponse, data: bytes, model: str, url
     common: dict[str, Any] = {"message": text, "model": model, "llm_provider": "openai", "response": fake}
     if status == 400:
         if "context_length_exceeded" in text or "maximum context length" in text:
-            return litellm.ContextWindowExceededError(**common)
-        return litellm.BadRequestError(**common)
+            return llm_errors.ContextWindowExceededError(**common)
+        return llm_errors.BadRequestError(**common)
     if status == 401:
-        return litellm.AuthenticationError(**common)
+        return llm_errors.AuthenticationError(**common)
     if status == 403:
-        return litellm.PermissionDeniedError(**common)
+        return llm_errors.PermissionDeniedError(**common)
     if status == 404:
-        return litellm.NotFoundError(**common)
+        return llm_errors.NotFoundError(**common)
     if status == 408:
-        return litellm.Timeout(message=text, model=model, llm_provider="openai", exception_status_code=408)
+        return llm_errors.Timeout(message=text, model=model, llm_provider="openai", exception_status_code=408)
     if status == 422:
-        return litellm.UnprocessableEntityError(**common)
+        return llm_errors.UnprocessableEntityError(**common)
     if status == 429:
-        return litellm.RateLimitError(**common)
+        return llm_errors.RateLimitError(**common)
     if status == 503:
-        return litellm.ServiceUnavailableError(**common)
-    return litellm.InternalServerError(**common)
+        return llm_errors.ServiceUnavailableError(**common)
+    return llm_errors.InternalServerError(**common)
 
 
 @dataclass(slots=True)

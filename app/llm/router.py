@@ -8,10 +8,10 @@ import logging
 from typing import Any
 
 import litellm
-from litellm import Router
+from litellm import exceptions as llm_errors
+from litellm.router import Router
 
 from app.config import ModelConfig
-from app.llm.fastpath import DirectCaller, direct_groups
 from app.errors import (
     GatewayError,
     InvalidRequest,
@@ -19,6 +19,7 @@ from app.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from app.llm.fastpath import DirectCaller, direct_groups
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,35 @@ _LITELLM_DENY = frozenset({"callbacks", "success_callback", "failure_callback", 
 # provider key with it) or change how LiteLLM itself behaves.
 _FORBIDDEN_PARAMS = frozenset(
     {
-        "api_key", "api_base", "base_url", "api_version", "custom_llm_provider", "mock_response",
-        "mock_testing_fallbacks", "mock_timeout", "litellm_logging_obj", "litellm_call_id",
-        "metadata", "litellm_metadata", "fallbacks", "context_window_fallbacks", "num_retries",
-        "timeout", "request_timeout", "model_list", "deployment_id", "specific_deployment",
-        "aws_access_key_id", "aws_secret_access_key", "vertex_credentials", "extra_headers",
-        "headers", "caching", "cache", "no-log", "proxy_server_request",
+        "api_key",
+        "api_base",
+        "base_url",
+        "api_version",
+        "custom_llm_provider",
+        "mock_response",
+        "mock_testing_fallbacks",
+        "mock_timeout",
+        "litellm_logging_obj",
+        "litellm_call_id",
+        "metadata",
+        "litellm_metadata",
+        "fallbacks",
+        "context_window_fallbacks",
+        "num_retries",
+        "timeout",
+        "request_timeout",
+        "model_list",
+        "deployment_id",
+        "specific_deployment",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "vertex_credentials",
+        "extra_headers",
+        "headers",
+        "caching",
+        "cache",
+        "no-log",
+        "proxy_server_request",
     }
 )
 
@@ -145,22 +169,22 @@ def translate_error(exc: BaseException) -> GatewayError:
     name = type(exc).__name__
     detail = _provider_message(exc)
     log.warning("upstream call failed: %s: %s", name, detail)
-    if isinstance(exc, litellm.ContextWindowExceededError):
+    if isinstance(exc, llm_errors.ContextWindowExceededError):
         return InvalidRequest(
             f"The prompt is longer than the model's context window. {detail}",
             code="context_length_exceeded",
             param="messages",
         )
-    if isinstance(exc, litellm.Timeout):
+    if isinstance(exc, llm_errors.Timeout):
         return UpstreamTimeout("The model provider did not answer in time.")
-    if isinstance(exc, (litellm.BadRequestError, litellm.UnprocessableEntityError)):
+    if isinstance(exc, (llm_errors.BadRequestError, llm_errors.UnprocessableEntityError)):
         return InvalidRequest(f"The provider rejected the request: {detail}")
-    if isinstance(exc, (litellm.RateLimitError, litellm.ServiceUnavailableError)):
+    if isinstance(exc, (llm_errors.RateLimitError, llm_errors.ServiceUnavailableError)):
         return UpstreamUnavailable(
             "Every provider for this model is unavailable or rate limited; retry later.",
             headers={"Retry-After": "5"},
         )
-    if isinstance(exc, (litellm.AuthenticationError, litellm.PermissionDeniedError)):
+    if isinstance(exc, (llm_errors.AuthenticationError, llm_errors.PermissionDeniedError)):
         return UpstreamError("The gateway could not authenticate with the model provider.")
     if "No deployments available" in str(exc) or name == "RouterRateLimitError":
         return UpstreamUnavailable(
