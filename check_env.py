@@ -209,20 +209,27 @@ async def check_redis(url: str) -> Check:
     return Check("redis", "OK", f"{url_for_display(url)}: PING answered")
 
 
+def provider_of(params: dict[str, Any]) -> str:
+    """LiteLLM's provider for a deployment: explicit, the model's prefix, or a bare name's family."""
+    model = str(params["model"])
+    if params.get("custom_llm_provider"):
+        return str(params["custom_llm_provider"])
+    if "/" in model:
+        return model.split("/", 1)[0]
+    for prefix, provider in (("claude", "anthropic"), ("gemini", "gemini"), ("mistral", "mistral")):
+        if model.startswith(prefix):
+            return provider
+    return "openai"
+
+
 def provider_targets(model_list: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[str]]:
     """Distinct (provider, api_base, key) to probe, with the model names that use each."""
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no fetch at import
-    from litellm import get_llm_provider
-
     targets: dict[tuple[str, str, str], list[str]] = {}
     for entry in model_list:
         params = entry["litellm_params"]
         if "mock_response" in params:
             continue
-        try:
-            _, provider, _, _ = get_llm_provider(model=params["model"], api_base=params.get("api_base"))
-        except Exception:  # an unknown provider prefix
-            provider = str(params["model"]).split("/", 1)[0]
+        provider = provider_of(params)
         key = params.get("api_key") or os.environ.get(PROVIDER_KEY_ENV.get(provider, ""), "")
         target = (provider, str(params.get("api_base") or ""), str(key))
         targets.setdefault(target, []).append(str(entry["model_name"]))
