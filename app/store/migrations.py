@@ -45,7 +45,7 @@ async def _main(url: str) -> None:
         names = await apply_migrations(conn)
     finally:
         await conn.close()
-    print("applied:",  # noqa: T201 - command-line output ", ".join(names) if names else "nothing (up to date)")
+    print("applied:", ", ".join(names) if names else "nothing (up to date)")  # noqa: T201 - CLI output
 
 
 if __name__ == "__main__":
