@@ -11,13 +11,7 @@ import os
 from decimal import Decimal
 from typing import NamedTuple
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from app.observability.multiproc import (
     ENV_VAR,
@@ -30,20 +24,7 @@ from app.observability.multiproc import (
 __all__ = ["Metrics", "mark_process_dead", "prepare_multiproc_dir"]
 
 # LLM calls run from well under a second to minutes (long streams); HTTP requests include them.
-LLM_DURATION_BUCKETS = (
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    20.0,
-    30.0,
-    60.0,
-    120.0,
-    300.0,
-)
+LLM_DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 HTTP_DURATION_BUCKETS = (
     0.005,

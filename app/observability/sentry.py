@@ -9,6 +9,7 @@ import sentry_sdk
 from sentry_sdk.integrations.fastapi import FastApiIntegration
 from sentry_sdk.integrations.starlette import StarletteIntegration
 
+from app.observability.logging import request_id_var
 from app.observability.scrub import scrub_value
 
 if TYPE_CHECKING:
@@ -22,21 +23,10 @@ log = logging.getLogger(__name__)
 
 # Headers that carry credentials; dropped outright rather than scrubbed.
 _DROPPED_HEADERS = frozenset(
-    {
-        "authorization",
-        "proxy-authorization",
-        "cookie",
-        "set-cookie",
-        "x-api-key",
-        "api-key",
-    }
+    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key"}
 )
 # Besides Sentry's own sensitive-key list; these name client addresses, which are PII.
 _HEADER_DENY_TERMS = ["forwarded", "-ip", "remote-", "via", "-user"]
-# Handled 5xx responses Sentry's Starlette integration reports by itself. 502-504 are
-# "every provider failed": capture_upstream_failure reports those once, with the request
-# id, model and user the integration does not know.
-_REPORTED_STATUS_CODES = {500, 501, 505}
 
 
 def _strip_request(event: dict[str, Any], *, keep_body: bool) -> None:
@@ -57,6 +47,12 @@ def _strip_request(event: dict[str, Any], *, keep_body: bool) -> None:
 def _make_before_send(*, send_prompts: bool) -> Callable[[Event, Hint], Event | None]:
     def before_send(event: Event, hint: Hint) -> Event | None:
         _strip_request(cast("dict[str, Any]", event), keep_body=send_prompts)
+        # Events are captured in the request's own context: tag them with the id the
+        # caller got back in X-Request-ID.
+        request_id = request_id_var.get()
+        tags = event.setdefault("tags", {})
+        if request_id and isinstance(tags, dict):
+            tags.setdefault("request_id", request_id)
         # Exception messages from providers and our own log lines can quote keys, bearer
         # tokens and database URLs: every string in the event goes through scrub.
         return cast("Event", scrub_value(event))
@@ -68,8 +64,8 @@ def init_sentry(settings: Settings) -> bool:
     """Start Sentry if SENTRY_DSN is set; returns whether it did."""
     if not settings.SENTRY_DSN:
         return False
-    before_send = _make_before_send(send_prompts=settings.SENTRY_SEND_PROMPTS)
     send_prompts = settings.SENTRY_SEND_PROMPTS
+    before_send = _make_before_send(send_prompts=send_prompts)
     sentry_sdk.init(
         dsn=settings.SENTRY_DSN,
         environment=settings.ENVIRONMENT,
@@ -91,10 +87,7 @@ def init_sentry(settings: Settings) -> bool:
         # integrations wrap every provider call and stream chunk on the hot path, and
         # report each provider error the Router then retries or falls back from.
         auto_enabling_integrations=False,
-        integrations=[
-            StarletteIntegration(failed_request_status_codes=_REPORTED_STATUS_CODES),
-            FastApiIntegration(failed_request_status_codes=_REPORTED_STATUS_CODES),
-        ],
+        integrations=[StarletteIntegration(), FastApiIntegration()],
         before_send=before_send,
         before_send_transaction=before_send,
     )

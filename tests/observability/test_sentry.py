@@ -37,6 +37,7 @@ import httpx
 import sentry_sdk
 from fastapi import FastAPI
 from app.config import Settings
+from app.observability.logging import request_id_var
 from app.observability.sentry import init_sentry
 
 assert init_sentry(Settings(SENTRY_DSN=DSN, ENVIRONMENT="test", SENTRY_SEND_PROMPTS=SEND))
@@ -44,6 +45,7 @@ app = FastAPI()
 
 @app.post("/v1/chat/completions")
 async def chat(body: dict) -> dict:
+    request_id_var.set("req-from-middleware")  # what the gateway's middleware does
     raise ValueError("database at postgresql://gw:db-pass-991@db:5432/gw is gone")
 
 async def main():
@@ -121,6 +123,7 @@ def test_request_credentials_and_prompt_are_kept_out_of_events(
     recording_server.wait_for(is_envelope)
     (event,) = events(recording_server)
     assert event["exception"]["values"][0]["value"] == ("database at postgresql://gw:***@db:5432/gw is gone")
+    assert event["tags"]["request_id"] == "req-from-middleware"
     request = event["request"]
     assert request["method"] == "POST"
     assert {name.lower() for name in request["headers"]}.isdisjoint({"authorization", "x-api-key", "cookie"})
