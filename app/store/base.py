@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Literal, Protocol
 
 MONEY_PLACES = Decimal("0.00000001")
@@ -157,5 +157,5 @@ class Store(Protocol):
 
 
 def money(value: Decimal | int | str) -> Decimal:
-    """Quantize to the ledger's 8 decimal places."""
-    return Decimal(value).quantize(MONEY_PLACES)
+    """Quantize to the ledger's 8 decimal places, half away from zero as Postgres rounds."""
+    return Decimal(value).quantize(MONEY_PLACES, rounding=ROUND_HALF_UP)

@@ -7,64 +7,21 @@ import json
 import secrets
 import socket
 import traceback
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime
 from decimal import Decimal
 
-import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
 from supabase import AsyncClientOptions, acreate_client
 
 from app.store.base import BalanceConflict, StoreError, UserNotFound
-from app.store.migrations import apply_migrations
 from app.store.supabase import SupabaseStore
+from tests.store.conftest import SERVICE_KEY
 from tests.store.postgrest_shim import PostgrestShim
 
-ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
-SERVICE_KEY = "test-service-role-" + secrets.token_hex(16)
 MONEY_PARAMS = {"p_balance", "p_amount", "p_prompt_cost", "p_output_price", "p_cost"}
-# Strict: these start passing (and so fail) once the SQL function is fixed; then drop the marker.
-CREDIT_BUG = pytest.mark.xfail(
-    strict=True,
-    raises=StoreError,
-    reason="billing_credit raises 42702: in ON CONFLICT (user_id, idempotency_key), user_id is"
-    " ambiguous with the function's RETURNS TABLE column user_id",
-)
-
-
-async def _create_database(name: str) -> None:
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        await admin.execute(f'create database "{name}"')
-    finally:
-        await admin.close()
-    conn = await asyncpg.connect(ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}")
-    try:
-        await apply_migrations(conn)
-    finally:
-        await conn.close()
-
-
-async def _drop_database(name: str) -> None:
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        await admin.execute(f'drop database if exists "{name}" with (force)')
-    finally:
-        await admin.close()
-
-
-@pytest.fixture(scope="session")
-def shim() -> Iterator[PostgrestShim]:
-    name = f"gw_supa_{secrets.token_hex(6)}"
-    asyncio.run(_create_database(name))
-    server = PostgrestShim(ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}", SERVICE_KEY).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        asyncio.run(_drop_database(name))
 
 
 @pytest_asyncio.fixture
@@ -102,7 +59,6 @@ async def test_ensure_user_creates_once_under_20_concurrent_calls(store: Supabas
     ]
 
 
-@CREDIT_BUG
 @pytest.mark.asyncio
 async def test_credit_applies_once_per_idempotency_key(
     store: SupabaseStore, shim: PostgrestShim
@@ -127,7 +83,6 @@ async def test_credit_applies_once_per_idempotency_key(
     ]
 
 
-@CREDIT_BUG
 @pytest.mark.asyncio
 async def test_taking_held_funds_is_balance_conflict(store: SupabaseStore) -> None:
     uid = _uid()

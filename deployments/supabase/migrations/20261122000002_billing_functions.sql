@@ -7,6 +7,8 @@ returns table (user_id text, balance numeric, created boolean)
 language plpgsql as $$
 #variable_conflict use_column
 begin
+    -- Rounded once, here: the ledger row and the balance must get the same 8-place amount.
+    p_balance := round(p_balance, 8);
     insert into users (id) values (p_user) on conflict (id) do nothing;
     if found then
         if p_balance > 0 then
@@ -30,6 +32,9 @@ language plpgsql as $$
 declare
     v_tx bigint;
 begin
+    -- Rounded once, here: numeric(20, 8) would otherwise round the ledger row and the new
+    -- balance separately, and a half-way amount would leave them a unit apart.
+    p_amount := round(p_amount, 8);
     perform 1 from users u where u.id = p_user for update;
     if not found then
         raise exception 'user % not found', p_user using errcode = 'no_data_found';
@@ -138,7 +143,8 @@ begin
     if not found then
         raise exception 'user % not found', p_user using errcode = 'no_data_found';
     end if;
-    v_charge := greatest(least(p_cost, v_balance - (v_reserved - v_hold)), 0);
+    -- round() first: the ledger row and the balance must move by the same 8-place amount.
+    v_charge := greatest(least(round(p_cost, 8), v_balance - (v_reserved - v_hold)), 0);
     insert into transactions (user_id, amount, kind, description, model, request_id,
                               prompt_tokens, completion_tokens)
         values (p_user, -v_charge, 'charge', p_description, p_model, p_request_id,
