@@ -19,6 +19,6 @@ stamp=".venv/.installed-$(cat requirements.txt "$req" | sha256sum | cut -c1-16)-
 if [ ! -f "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
     .venv/bin/python -m pip install -q -r "$req" 2>&1 | grep -v '^WARNING: Location' || true
-    .venv/bin/python -c 'import litellm, fastapi, asyncpg' # fail loudly if the install failed
+    LITELLM_LOCAL_MODEL_COST_MAP=True .venv/bin/python -c 'import litellm, fastapi, asyncpg' # fail loudly if the install failed
     touch "$stamp"
 fi

@@ -20,6 +20,7 @@ from app.errors import GatewayError, ModelNotFound, sse_error_event
 from app.llm.fastpath import DirectResponse, DirectStream, StreamTally, relay_events
 from app.llm.requests import ChatRequest, parse_chat
 from app.llm.router import translate_error
+from app.observability.sentry import capture_upstream_failure
 from app.state import AppState
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ async def _chat(request: Request, state: AppState, principal: Principal, chat: C
         if hold is not None:
             await state.billing.release(hold)
         _finished(state, call, "error", error=exc)
+        if exc.status_code >= 500:
+            capture_upstream_failure(exc, request_id=call.request_id, user_id=call.user_id, model=call.model)
         raise
     hidden: dict[str, Any] = getattr(upstream, "_hidden_params", None) or {}
     call.deployment_id = hidden.get("model_id")
@@ -189,6 +192,7 @@ async def _events(
     except Exception as exc:  # the provider failed midway: end with an error event, charge nothing
         outcome = "error"
         error = translate_error(exc)
+        capture_upstream_failure(error, request_id=call.request_id, user_id=call.user_id, model=call.model)
         if hold is not None:
             state.billing.release_soon(hold)
         _finished(state, call, "error", error=error)

@@ -8,8 +8,8 @@ import time
 from typing import Any
 
 from fastapi import APIRouter
-from litellm.router_utils.cooldown_handlers import async_get_cooldown_deployments
 from fastapi.responses import Response
+from litellm.router_utils.cooldown_handlers import async_get_cooldown_deployments
 
 from app.api.deps import State
 from app.api.responses import MoneyJSONResponse
@@ -119,7 +119,7 @@ async def history(state: State) -> MoneyJSONResponse:
 
 
 @router.get("/metrics")
-async def metrics(state: State) -> Response:
-    """Prometheus text format, summed across workers."""
+def metrics(state: State) -> Response:
+    """Prometheus text format, summed across workers (file reads: runs in the threadpool)."""
     body, content_type = state.metrics.render()
     return Response(body, media_type=content_type)
