@@ -29,6 +29,10 @@ _RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict
     "taskName",
     "request_id",
     "user_id",
+    # Noise other libraries attach to their records: uvicorn's ANSI-coloured copy of the
+    # message and LiteLLM's redaction sentinel object.
+    "color_message",
+    "litellm_redacted",
 }
 
 # Loggers that install their own handlers; we route them through root so every line is
