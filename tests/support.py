@@ -12,7 +12,7 @@ import httpx
 from tests.conftest import Gateway
 
 # Markers of a Python traceback or a framework's own error shape leaking to a client.
-_LEAKS = ("Traceback", 'File "', "litellm.", "\"detail\"")
+_LEAKS = ("Traceback", 'File "', "litellm.", '"detail"')
 
 
 def assert_openai_error(

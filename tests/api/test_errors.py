@@ -64,8 +64,14 @@ def unchanged(gw: Gateway, account: tuple[str, str]) -> Iterator[str]:
     assert reserved(gw, user_id) == 0
 
 
-def chat(gw: Gateway, key: str | None, body: Any = None, *, content: bytes | None = None,
-         headers: dict[str, str] | None = None) -> httpx.Response:
+def chat(
+    gw: Gateway,
+    key: str | None,
+    body: Any = None,
+    *,
+    content: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
     h = dict(headers or {})
     if key is not None:
         h.update(bearer(key))
@@ -163,7 +169,9 @@ def test_admin_schema_violation_is_400(gw: Gateway) -> None:
     r = gw.admin("POST", "/admin/users", {"user_id": 7})
     assert assert_openai_error(r, 400, "invalid_request_error", any_code=True)["param"] == "user_id"
     r = httpx.post(
-        gw.url + "/admin/users", content=b"{nope", headers=bearer(ADMIN_KEY) | {"Content-Type": "application/json"}
+        gw.url + "/admin/users",
+        content=b"{nope",
+        headers=bearer(ADMIN_KEY) | {"Content-Type": "application/json"},
     )
     assert_openai_error(r, 400, "invalid_request_error", any_code=True)
 
@@ -234,7 +242,9 @@ def test_zero_balance_is_402(gw: Gateway, fake_provider: FakeProvider, stream: b
 def test_zero_balance_embeddings_is_402(gw: Gateway) -> None:
     _, key = gw.new_user(balance=0)
     _SECRETS.append(key)
-    r = httpx.post(gw.v1 + "/embeddings", json={"model": "embed", "input": "hi"}, headers=bearer(key), timeout=30)
+    r = httpx.post(
+        gw.v1 + "/embeddings", json={"model": "embed", "input": "hi"}, headers=bearer(key), timeout=30
+    )
     assert_openai_error(r, 402, "insufficient_quota", "insufficient_balance")
 
 
@@ -260,9 +270,7 @@ def test_unaffordable_max_tokens_is_402_saying_what_it_can_afford(gw: Gateway) -
 # --- 403 permission_error --------------------------------------------------------------------
 
 
-def test_admin_api_without_admin_key_configured_is_403(
-    tmp_path: Path, fake_provider: FakeProvider
-) -> None:
+def test_admin_api_without_admin_key_configured_is_403(tmp_path: Path, fake_provider: FakeProvider) -> None:
     gateway = start_gateway(
         tmp_path, models=[model_entry("fake", "errs", fake_provider.base_url)], env={"ADMIN_API_KEY": ""}
     )
@@ -285,7 +293,9 @@ def test_unknown_model_is_404(gw: Gateway, unchanged: str, fake_provider: FakePr
         r = chat(gw, unchanged, {"model": "gpt-nonexistent", "messages": msg(), "stream": stream})
         error = assert_openai_error(r, 404, "invalid_request_error", "model_not_found")
         assert error["param"] == "model" and "gpt-nonexistent" in error["message"]
-    r = httpx.post(gw.v1 + "/embeddings", json={"model": "nope", "input": "hi"}, headers=bearer(unchanged), timeout=30)
+    r = httpx.post(
+        gw.v1 + "/embeddings", json={"model": "nope", "input": "hi"}, headers=bearer(unchanged), timeout=30
+    )
     assert_openai_error(r, 404, "invalid_request_error", "model_not_found")
     for name in ("nope", "org/nope", "fake-but-not-really"):
         r = httpx.get(gw.v1 + "/models/" + name, headers=bearer(unchanged), timeout=30)
@@ -426,7 +436,9 @@ def test_upstream_failure_through_the_sdk(gw: Gateway, unchanged: str) -> None:
 
 
 def test_embeddings_upstream_failure_costs_nothing(gw: Gateway, unchanged: str) -> None:
-    r = httpx.post(gw.v1 + "/embeddings", json={"model": "broken", "input": "hi"}, headers=bearer(unchanged), timeout=30)
+    r = httpx.post(
+        gw.v1 + "/embeddings", json={"model": "broken", "input": "hi"}, headers=bearer(unchanged), timeout=30
+    )
     assert_openai_error(r, 502, "api_error", "upstream_error")
 
 
