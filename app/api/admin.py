@@ -11,7 +11,7 @@ from fastapi import APIRouter
 from app.api.deps import Admin, JsonBody, State
 from app.api.responses import MoneyJSONResponse
 from app.auth.keys import new_key
-from app.errors import GatewayError, InvalidRequest, NotFound, StoreUnavailable
+from app.errors import InvalidRequest, NotFound, StoreUnavailable
 from app.store.base import BalanceConflict, StoreError, UserNotFound, money
 
 router = APIRouter(prefix="/admin", dependencies=[Admin])
@@ -58,7 +58,8 @@ async def create_user(body: JsonBody, state: State) -> MoneyJSONResponse:
     except StoreError as exc:
         raise StoreUnavailable("The account store is unavailable.") from exc
     if not created:
-        raise GatewayError(f"User '{user_id}' already exists.", code="user_exists", status_code=409)
+        # The caller's mistake, not the gateway's: OpenAI's type for that is invalid_request_error.
+        raise InvalidRequest(f"User '{user_id}' already exists.", code="user_exists", status_code=409)
     return MoneyJSONResponse({"user_id": user.id, "balance": user.balance}, status_code=201)
 
 
