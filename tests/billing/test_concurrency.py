@@ -34,20 +34,20 @@ MODES = ("json", "stream", "stream+usage")
 START = Decimal("0.0021")
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+@pytest.fixture(scope="module", params=["sqlite", "postgres", "postgres-litellm-path"])
 def gw(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     fake_provider: FakeProvider,
     pg_database: str,
 ) -> Iterator[Gateway]:
-    env = {"DATABASE_URL": pg_database, "DATABASE_POOL_SIZE": "5"} if request.param == "postgres" else {}
+    env = {"DATABASE_URL": pg_database, "DATABASE_POOL_SIZE": "5"} if request.param != "sqlite" else {}
     # slow-200: the provider answers after 200 ms, so the calls really are in flight together.
-    gateway = start_gateway(
-        tmp_path_factory.mktemp(f"concurrency-{request.param}"),
-        models=[model_entry("conc", f"fake+chunks-{COMPLETION}+slow-200", fake_provider.base_url)],
-        env=env,
-    )
+    entry = model_entry("conc", f"fake+chunks-{COMPLETION}+slow-200", fake_provider.base_url)
+    if request.param.endswith("litellm-path"):
+        # A parameter only LiteLLM's own call path understands keeps the model off the fast path.
+        entry["litellm_params"]["drop_params"] = True
+    gateway = start_gateway(tmp_path_factory.mktemp(f"concurrency-{request.param}"), models=[entry], env=env)
     yield gateway
     stop_gateway(gateway)
 
