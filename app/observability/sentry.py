@@ -98,12 +98,19 @@ def init_sentry(settings: Settings) -> bool:
 def capture_upstream_failure(
     exc: BaseException, *, request_id: str | None, user_id: str | None, model: str
 ) -> None:
-    """Report a call on which every provider failed, tagged with request id, model and user."""
+    """Report a call on which every provider failed, tagged with request id, model and user.
+
+    `request_id` is the call's own id (the ledger's); the `request_id` tag is the X-Request-ID
+    the caller got back and nginx logged, when there is one, and the ledger's is `billing_id`.
+    """
     if not sentry_sdk.is_initialized():
         return
+    caller_request_id = request_id_var.get()
     with sentry_sdk.new_scope() as scope:
-        if request_id:
-            scope.set_tag("request_id", request_id)
+        if caller_request_id or request_id:
+            scope.set_tag("request_id", caller_request_id or request_id)
+        if request_id and request_id != caller_request_id:
+            scope.set_tag("billing_id", request_id)
         scope.set_tag("model", model)
         scope.set_tag("failure", "upstream")
         if user_id:
