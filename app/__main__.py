@@ -6,9 +6,9 @@ import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import uvicorn  # noqa: E402
+import uvicorn
 
-from app.config import Settings  # noqa: E402
+from app.config import Settings
 
 
 def main() -> None:

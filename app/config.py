@@ -6,12 +6,11 @@ import logging
 import os
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +54,7 @@ class Settings(BaseSettings):
     BILLING_MARKUP: Decimal = Decimal("1")
     BILLING_RESERVATION_TTL_SECONDS: int = 900
     BILLING_FREE_UNPRICED_MODELS: bool = False
+    BILLING_DEFAULT_MAX_OUTPUT_TOKENS: int = 4096
 
     DATA_DIR: str = "./.data"
     DEMO_API_KEY: str = "sk-gw-demo"

@@ -77,6 +77,7 @@ def _lifespan(settings: Settings, metrics: Metrics):  # type: ignore[no-untyped-
                 metrics=metrics,
                 currency=settings.BILLING_CURRENCY,
                 reservation_ttl=settings.BILLING_RESERVATION_TTL_SECONDS,
+                default_max_output=settings.BILLING_DEFAULT_MAX_OUTPUT_TOKENS,
                 enabled=settings.BILLING_ENABLED,
             )
             await billing_service.replay_journal()

@@ -34,7 +34,8 @@ DONE = b"data: [DONE]\n\n"
 class CallRecord:
     """What one call did, for billing, metrics and tracing."""
 
-    request_id: str
+    request_id: str  # the billing id: unique per call, the ledger's request_id
+    public_id: str  # X-Request-ID as the caller sees it
     user_id: str
     model: str
     stream: bool
@@ -68,6 +69,7 @@ async def _chat(request: Request, state: AppState, principal: Principal, chat: C
         raise ModelNotFound(f"The model '{chat.model}' does not exist.", param="model")
     call = CallRecord(
         request_id=request.state.billing_id,
+        public_id=request.state.request_id,
         user_id=principal.user_id,
         model=chat.model,
         stream=chat.stream,
@@ -81,8 +83,8 @@ async def _chat(request: Request, state: AppState, principal: Principal, chat: C
         max_tokens=chat.max_tokens,
         n=chat.n,
     )
-    if hold is not None and chat.max_tokens is None and hold.max_tokens is not None:
-        chat.params[chat.max_tokens_key] = hold.max_tokens  # what the balance affords
+    if hold is not None and hold.max_tokens is not None:
+        chat.params[chat.max_tokens_key] = hold.max_tokens  # the balance affords no more
     try:
         upstream = await state.llm.chat(chat.params)
     except GatewayError as exc:
@@ -261,7 +263,7 @@ def _finished(state: AppState, call: CallRecord, status: str, *, error: GatewayE
     if state.ratelimiter is not None:
         state.ratelimiter.record_tokens(call.user_id, call.prompt_tokens + call.completion_tokens)
     state.tracer.trace_call(
-        request_id=call.request_id,
+        request_id=call.public_id,
         user_id=call.user_id,
         model=call.model,
         provider_model=call.deployment_id,

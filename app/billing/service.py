@@ -27,7 +27,7 @@ class Hold:
     request_id: str
     model: str
     price: Price
-    max_tokens: int | None
+    max_tokens: int | None  # the completion limit to impose (balance or the model's limit)
     amount: Decimal
 
 
@@ -44,6 +44,7 @@ class BillingService:
         currency: str,
         reservation_ttl: int,
         enabled: bool = True,
+        default_max_output: int = 4096,
         sweep_interval: float = 60.0,
         replay_interval: float = 5.0,
     ) -> None:
@@ -54,6 +55,7 @@ class BillingService:
         self.enabled = enabled
         self._metrics = metrics
         self._ttl = reservation_ttl
+        self._default_max_output = default_max_output
         self._sweep_interval = sweep_interval
         self._replay_interval = replay_interval
         self._tasks: set[asyncio.Task[object]] = set()
@@ -104,7 +106,10 @@ class BillingService:
             return None
         price = self.price_for(model)
         if price.free:
-            return Hold(user_id, request_id, model, price, max_tokens, Decimal(0))
+            return Hold(user_id, request_id, model, price, None, Decimal(0))
+        # Without the model's output limit, hold for a typical long answer rather than the
+        # whole balance (which would block the user's concurrent calls).
+        model_cap = price.max_output_tokens or self._default_max_output
         try:
             r = await self.store.reserve(
                 user_id=user_id,
@@ -112,7 +117,7 @@ class BillingService:
                 prompt_cost=prompt_tokens * price.input,
                 output_price=price.output * n,
                 max_tokens=max_tokens,
-                model_max_output=price.max_output_tokens,
+                model_max_output=model_cap,
                 ttl_seconds=self._ttl,
             )
         except StoreError as exc:
@@ -120,7 +125,13 @@ class BillingService:
             raise StoreUnavailable("Billing is unavailable; the request was not run.") from exc
         self._metrics.billing(operation="reserve", outcome=r.status)
         if r.status == "ok":
-            return Hold(user_id, request_id, model, price, r.max_tokens, r.hold)
+            # Cap the call at the balance or the model's known limit, never at our guess.
+            capped = (
+                max_tokens is None
+                and r.max_tokens is not None
+                and (price.max_output_tokens is not None or r.max_tokens < model_cap)
+            )
+            return Hold(user_id, request_id, model, price, r.max_tokens if capped else None, r.hold)
         if r.status == "insufficient":
             available = max(r.available, Decimal(0)).normalize()
             if max_tokens is not None and r.max_tokens:
