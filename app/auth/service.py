@@ -30,6 +30,9 @@ class Principal:
     rpm_limit: int | None = None
     rph_limit: int | None = None
     tpm_limit: int | None = None
+    # A key with limits of its own gets a bucket of its own, on top of its user's.
+    key_rpm_limit: int | None = None
+    key_tpm_limit: int | None = None
 
 
 class Authenticator:
@@ -77,9 +80,11 @@ class Authenticator:
             user_id=record.user_id,
             via="key",
             key_id=record.key_id,
-            rpm_limit=record.rpm_limit if record.rpm_limit is not None else user.rpm_limit,
+            rpm_limit=user.rpm_limit,
             rph_limit=user.rph_limit,
-            tpm_limit=record.tpm_limit if record.tpm_limit is not None else user.tpm_limit,
+            tpm_limit=user.tpm_limit,
+            key_rpm_limit=record.rpm_limit,
+            key_tpm_limit=record.tpm_limit,
         )
         self._keys.set(digest, principal)
         return principal

@@ -72,7 +72,7 @@ class Windows:
         # A key with a limit of its own has a bucket of its own too, inside the user's. Principal
         # does not carry the key's own limit yet (its rpm_limit is the key's if set, else the
         # user's); read it when it does.
-        key_rpm = getattr(principal, "key_rpm_limit", None)
+        key_rpm = principal.key_rpm_limit
         if isinstance(key_rpm, int) and key_rpm > 0 and principal.key_id:
             ids = (*user, "key", quote(principal.key_id, safe=""))
             out.append(Bucket(self._item(key_rpm, "minute"), ids, 1, "requests per minute on this key"))
