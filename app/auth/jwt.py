@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -36,12 +37,12 @@ class JwtVerifier:
         self._algorithm = algorithm
         self._audience = audience or None
         self._supabase_secret = supabase_secret
-        self._jwks_url = (
-            supabase_url.rstrip("/") + "/auth/v1/.well-known/jwks.json" if supabase_url else ""
-        )
+        self._jwks_url = supabase_url.rstrip("/") + "/auth/v1/.well-known/jwks.json" if supabase_url else ""
         self._http = http
         self._jwks: dict[str, dict[str, Any]] = {}
         self._jwks_fetched = 0.0
+        # One fetch at a time: concurrent first requests wait for it instead of seeing no keys.
+        self._jwks_lock = asyncio.Lock()
 
     @property
     def enabled(self) -> bool:
@@ -75,7 +76,12 @@ class JwtVerifier:
                     secret,
                     algorithms=[algorithm],
                     audience=audience,
-                    options={"verify_aud": audience is not None, "require_exp": True},
+                    # python-jose accepts a token with no `aud` at all unless told to require it.
+                    options={
+                        "verify_aud": audience is not None,
+                        "require_aud": audience is not None,
+                        "require_exp": True,
+                    },
                 )
                 return claims
             except JOSEError:
@@ -95,22 +101,27 @@ class JwtVerifier:
                 jwk.construct(key),
                 algorithms=[str(key.get("alg") or header.get("alg"))],
                 audience="authenticated",
-                options={"require_exp": True},
+                options={"require_aud": True, "require_exp": True},
             )
         except JOSEError as exc:
             raise InvalidToken("invalid token") from exc
         return claims
 
     async def _jwk(self, kid: str) -> dict[str, Any] | None:
-        stale = time.monotonic() - self._jwks_fetched > JWKS_TTL_SECONDS
-        # A kid we have never seen may be a rotated key: refetch, but at most every 30 s.
-        unknown = kid not in self._jwks and time.monotonic() - self._jwks_fetched > 30
-        if stale or unknown:
-            await self._refresh_jwks()
+        if not self._needs_refresh(kid):
+            return self._jwks.get(kid)
+        async with self._jwks_lock:
+            # Whoever held the lock before us may have fetched already.
+            if self._needs_refresh(kid):
+                await self._refresh_jwks()
         return self._jwks.get(kid)
 
+    def _needs_refresh(self, kid: str) -> bool:
+        since = time.monotonic() - self._jwks_fetched
+        # A kid we have never seen may be a rotated key: refetch, but at most every 30 s.
+        return since > JWKS_TTL_SECONDS or (kid not in self._jwks and since > 30)
+
     async def _refresh_jwks(self) -> None:
-        self._jwks_fetched = time.monotonic()
         client = self._http or httpx.AsyncClient(timeout=5.0)
         try:
             resp = await client.get(self._jwks_url)
@@ -120,5 +131,6 @@ class JwtVerifier:
         except (httpx.HTTPError, ValueError) as exc:
             log.warning("could not fetch Supabase JWKS: %s", type(exc).__name__)
         finally:
+            self._jwks_fetched = time.monotonic()
             if self._http is None:
                 await client.aclose()
