@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.api import admin, billing, chat, embeddings, health, models
+from app.auth.invalidation import InvalidationBus
 from app.auth.jwt import JwtVerifier
 from app.auth.service import Authenticator
 from app.billing.journal import SettlementJournal
@@ -112,6 +113,11 @@ def _lifespan(settings: Settings, metrics: Metrics):  # type: ignore[no-untyped-
                 metrics=metrics,
                 tracer=tracer,
             )
+            if settings.REDIS_URL:
+                bus = InvalidationBus(settings.REDIS_URL)
+                state.auth.bus = bus
+                bus.start(state.auth)
+                stack.push_async_callback(bus.close)
             if settings.RATE_LIMIT_ENABLED:
                 from app.ratelimit import RateLimiter
 

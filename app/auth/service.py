@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Literal
 
 from app.auth.cache import TTLCache
+from app.auth.invalidation import InvalidationBus
 from app.auth.jwt import InvalidToken, JwtVerifier
 from app.auth.keys import hash_key, looks_like_key
 from app.errors import AuthenticationFailed, StoreUnavailable
@@ -42,6 +43,7 @@ class Authenticator:
         self._store = store
         self._jwt = jwt
         self._default_balance = default_balance
+        self.bus: InvalidationBus | None = None
         self._keys: TTLCache[str, Principal] = TTLCache(ttl=CACHE_TTL_SECONDS)
         self._bad_keys: TTLCache[str, bool] = TTLCache(ttl=NEGATIVE_TTL_SECONDS)
         self._tokens: TTLCache[str, Principal] = TTLCache(ttl=CACHE_TTL_SECONDS)
@@ -130,14 +132,19 @@ class Authenticator:
                 self._users.set(user_id, user)
         return user
 
-    def invalidate_user(self, user_id: str) -> None:
-        """Forget everything cached for a user (after an admin change)."""
+    def invalidate_user(self, user_id: str, *, broadcast: bool = True) -> None:
+        """Forget everything cached for a user (after an admin change), in every worker."""
+        if broadcast and self.bus is not None:
+            self.bus.publish("user", user_id)
         self._users.pop(user_id)
         self._keys.clear()
         self._bad_keys.clear()
         self._tokens.clear()
 
-    def invalidate_key(self, key_hash: str | None = None) -> None:
+    def invalidate_key(self, key_hash: str | None = None, *, broadcast: bool = True) -> None:
+        """Forget a cached key (or all keys), in every worker."""
+        if broadcast and self.bus is not None:
+            self.bus.publish("key", key_hash)
         if key_hash is None:
             self._keys.clear()
         else:
