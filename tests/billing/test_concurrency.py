@@ -6,6 +6,7 @@ Runs against the embedded store and against real Postgres, through the official 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -24,7 +25,7 @@ from tests.billing.support import (
     provider_saw,
     tag,
 )
-from tests.conftest import Gateway, model_entry, start_gateway, stop_gateway
+from tests.conftest import ROOT, Gateway, model_entry, start_gateway, stop_gateway
 from tests.fake_provider import FakeProvider
 
 CALLS = 60
@@ -34,20 +35,40 @@ MODES = ("json", "stream", "stream+usage")
 START = Decimal("0.0021")
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres", "postgres-litellm-path"])
+@pytest.fixture(
+    scope="module", params=["sqlite", "postgres", "postgres-litellm-path", "sqlite-2-gunicorn-workers"]
+)
 def gw(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     fake_provider: FakeProvider,
     pg_database: str,
 ) -> Iterator[Gateway]:
-    env = {"DATABASE_URL": pg_database, "DATABASE_POOL_SIZE": "5"} if request.param != "sqlite" else {}
+    env = (
+        {"DATABASE_URL": pg_database, "DATABASE_POOL_SIZE": "5"}
+        if request.param.startswith("postgres")
+        else {}
+    )
+    command = None
+    if request.param.endswith("gunicorn-workers"):
+        # Two processes on one embedded store: SQLite's write lock must serialise them.
+        command = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            str(ROOT / "deployments" / "gunicorn.conf.py"),
+            "app.main:app",
+        ]
+        env["WEB_CONCURRENCY"] = "2"
     # slow-200: the provider answers after 200 ms, so the calls really are in flight together.
     entry = model_entry("conc", f"fake+chunks-{COMPLETION}+slow-200", fake_provider.base_url)
     if request.param.endswith("litellm-path"):
         # A parameter only LiteLLM's own call path understands keeps the model off the fast path.
         entry["litellm_params"]["drop_params"] = True
-    gateway = start_gateway(tmp_path_factory.mktemp(f"concurrency-{request.param}"), models=[entry], env=env)
+    gateway = start_gateway(
+        tmp_path_factory.mktemp(f"concurrency-{request.param}"), models=[entry], env=env, command=command
+    )
     yield gateway
     stop_gateway(gateway)
 
