@@ -42,7 +42,9 @@ def _optional_str(body: dict[str, Any], key: str, *, max_len: int = 200) -> str 
     if value is None:
         return None
     if not isinstance(value, str) or not value or len(value) > max_len:
-        raise InvalidRequest(f"'{key}' must be a non-empty string of at most {max_len} characters.", param=key)
+        raise InvalidRequest(
+            f"'{key}' must be a non-empty string of at most {max_len} characters.", param=key
+        )
     return value
 
 
@@ -50,6 +52,11 @@ def _optional_str(body: dict[str, Any], key: str, *, max_len: int = 200) -> str 
 async def create_user(body: JsonBody, state: State) -> MoneyJSONResponse:
     """Create an account with an opening balance (credited through the ledger)."""
     user_id = _optional_str(body, "user_id") or "user_" + secrets.token_hex(8)
+    if "/" in user_id or not user_id.isprintable() or user_id != user_id.strip():
+        # Such an id could never be addressed again as /admin/users/{user_id}.
+        raise InvalidRequest(
+            "'user_id' must not contain '/', spaces at either end or control characters.", param="user_id"
+        )
     balance = _amount(body, "balance", required=False) or Decimal(0)
     if balance < 0:
         raise InvalidRequest("'balance' must not be negative.", param="balance")
@@ -75,7 +82,9 @@ async def create_key(user_id: str, body: JsonBody, state: State) -> MoneyJSONRes
     except StoreError as exc:
         raise StoreUnavailable("The account store is unavailable.") from exc
     state.auth.invalidate_key(key_hash)
-    return MoneyJSONResponse({"key": key, "key_id": key_id, "user_id": user_id, "name": name}, status_code=201)
+    return MoneyJSONResponse(
+        {"key": key, "key_id": key_id, "user_id": user_id, "name": name}, status_code=201
+    )
 
 
 @router.delete("/users/{user_id}/keys/{key_id}")
@@ -155,5 +164,10 @@ async def set_limits(user_id: str, body: JsonBody, state: State) -> MoneyJSONRes
         raise StoreUnavailable("The account store is unavailable.") from exc
     state.auth.invalidate_user(user_id)
     return MoneyJSONResponse(
-        {"user_id": user.id, "rpm_limit": user.rpm_limit, "rph_limit": user.rph_limit, "tpm_limit": user.tpm_limit}
+        {
+            "user_id": user.id,
+            "rpm_limit": user.rpm_limit,
+            "rph_limit": user.rph_limit,
+            "tpm_limit": user.tpm_limit,
+        }
     )

@@ -151,11 +151,29 @@ def test_duplicate_user_is_409_and_keeps_the_first_balance(gw: Gateway) -> None:
         ({"user_id": ""}, "user_id"),
         ({"user_id": 12}, "user_id"),
         ({"user_id": "x" * 500}, "user_id"),
+        ({"user_id": "team/alice"}, "user_id"),  # could never be addressed as /admin/users/{id}
+        ({"user_id": "bob\n"}, "user_id"),
+        ({"user_id": " carol"}, "user_id"),
     ],
 )
 def test_create_user_rejects_bad_input(gw: Gateway, body: dict[str, Any], param: str) -> None:
     r = gw.admin("POST", "/admin/users", body)
     assert assert_openai_error(r, 400, "invalid_request_error", any_code=True)["param"] == param
+
+
+def test_user_ids_from_identity_providers_are_addressable(gw: Gateway) -> None:
+    for user_id in (
+        f"auth0|{uuid.uuid4().hex}",
+        f"{uuid.uuid4().hex}@example.com",
+        f"a b {uuid.uuid4().hex}",
+    ):
+        assert gw.admin("POST", "/admin/users", {"user_id": user_id, "balance": 1}).status_code == 201
+        r = httpx.get(
+            gw.url + "/admin/users/" + httpx.URL("/" + user_id).raw_path.decode()[1:],
+            headers=bearer(ADMIN_KEY),
+            timeout=30,
+        )
+        assert r.status_code == 200 and r.json()["user_id"] == user_id, r.text
 
 
 def test_unknown_user_is_404(gw: Gateway) -> None:

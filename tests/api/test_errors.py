@@ -267,6 +267,37 @@ def test_unaffordable_max_tokens_is_402_saying_what_it_can_afford(gw: Gateway) -
     assert r.status_code == 402
 
 
+HUGE_MAX_TOKENS = 2**40  # more than a Postgres integer holds
+
+
+def test_huge_max_tokens_is_402_not_a_store_error(gw: Gateway, unchanged: str) -> None:
+    r = chat(gw, unchanged, {"model": "fake", "messages": msg(), "max_tokens": HUGE_MAX_TOKENS})
+    error = assert_openai_error(r, 402, "insufficient_quota", "insufficient_balance")
+    assert error["param"] == "max_tokens"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="billing_reserve() takes max_tokens as a Postgres integer: 2**40 overflows in the store and "
+    "the caller gets 503 store_unavailable (SQLite answers 402); cap max_tokens before the store",
+)
+def test_huge_max_tokens_on_postgres_is_402_not_a_store_error(
+    tmp_path: Path, fake_provider: FakeProvider, pg_database: str
+) -> None:
+    gateway = start_gateway(
+        tmp_path,
+        models=[model_entry("fake", "errs", fake_provider.base_url)],
+        env={"DATABASE_URL": pg_database},
+    )
+    try:
+        _, key = gateway.new_user(balance=1)
+        _SECRETS.append(key)
+        r = chat(gateway, key, {"model": "fake", "messages": msg(), "max_tokens": HUGE_MAX_TOKENS})
+        assert_openai_error(r, 402, "insufficient_quota", "insufficient_balance")
+    finally:
+        stop_gateway(gateway)
+
+
 # --- 403 permission_error --------------------------------------------------------------------
 
 
