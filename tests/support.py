@@ -11,6 +11,8 @@ import httpx
 
 from tests.conftest import Gateway
 
+PROVIDER_SECRET = "sk-provider-secret"  # the api_key conftest.model_entry gives every model
+
 # Markers of a Python traceback or a framework's own error shape leaking to a client.
 _LEAKS = ("Traceback", 'File "', "litellm.", '"detail"')
 
@@ -32,6 +34,11 @@ def assert_openai_error(
         assert error["code"] == code, error
     for leak in _LEAKS:
         assert leak not in r.text, r.text
+    # Neither the provider key from the config nor the caller's own credential is echoed.
+    assert PROVIDER_SECRET not in r.text, r.text
+    _, _, credential = r.request.headers.get("authorization", "").partition(" ")
+    if len(credential) >= 8:
+        assert credential not in r.text, r.text
     return error
 
 
@@ -53,3 +60,11 @@ def wait_reserved_zero(gw: Gateway, user_id: str, *, timeout: float = 10.0) -> N
 
 def bearer(credential: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {credential}"}
+
+
+def assert_log_has_no_secrets(gw: Gateway, secrets: list[str]) -> None:
+    """The gateway's log never holds a provider key or a caller's credential."""
+    text = gw.log_path.read_text(errors="replace")
+    assert text, "the gateway wrote no log at all"
+    for secret in [PROVIDER_SECRET, *secrets]:
+        assert secret not in text, f"secret {secret[:8]}... leaked into the gateway log"

@@ -15,11 +15,10 @@ from jose import jwt
 
 from tests.conftest import ADMIN_KEY, Gateway, model_entry, start_gateway, stop_gateway
 from tests.fake_provider import FakeProvider
-from tests.support import assert_openai_error, bearer, reserved
+from tests.support import PROVIDER_SECRET, assert_log_has_no_secrets, assert_openai_error, bearer, reserved
 
 JWT_SECRET = "errors-test-jwt-secret-0123456789abcdef"
 MAX_SIZE = 2000
-PROVIDER_SECRET = "sk-provider-secret"
 
 # Every caller credential used in this module, checked against the gateway's log at the end.
 _SECRETS: list[str] = [PROVIDER_SECRET]
@@ -482,12 +481,13 @@ def test_error_responses_carry_the_request_id(gw: Gateway) -> None:
     assert r.headers["x-request-id"] == "err-42"
     r = httpx.get(gw.url + "/nope", headers={"X-Request-ID": "err-43"}, timeout=30)
     assert r.status_code == 404 and r.headers["x-request-id"] == "err-43"
+    r = httpx.post(
+        gw.v1 + "/chat/completions", content=_big_body(), headers={"X-Request-ID": "err-44"}, timeout=30
+    )
+    assert r.status_code == 413 and r.headers["x-request-id"] == "err-44"
 
 
 def test_no_secret_or_traceback_in_the_gateway_log(gw: Gateway) -> None:
     # Runs last in this module: every failure above has been logged by now.
-    text = gw.log_path.read_text(errors="replace")
-    assert text, "the gateway wrote no log at all"
-    for secret in _SECRETS:
-        assert secret not in text, f"secret {secret[:8]}... leaked into the gateway log"
-    assert "Traceback" not in text, gw.log_tail()
+    assert_log_has_no_secrets(gw, _SECRETS)
+    assert "Traceback" not in gw.log_path.read_text(errors="replace"), gw.log_tail()

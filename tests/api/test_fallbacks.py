@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import Gateway, model_entry, start_gateway, stop_gateway
 from tests.fake_provider import FakeProvider
-from tests.support import assert_openai_error, bearer, reserved, wait_reserved_zero
+from tests.support import assert_log_has_no_secrets, assert_openai_error, bearer, reserved, wait_reserved_zero
 
 # Model strings are unique to this module: failfirst counters live in the shared fake provider.
 PRIMARY = "fb-primary+fail-500"
@@ -199,3 +199,7 @@ def test_stream_broken_midway_raises_in_the_sdk(gw: Gateway) -> None:
     assert "sk-" not in str(info.value)
     wait_reserved_zero(gw, user_id)
     assert gw.balance(key) == before
+
+
+def test_no_provider_key_in_the_log_after_all_those_failures(gw: Gateway) -> None:
+    assert_log_has_no_secrets(gw, [])

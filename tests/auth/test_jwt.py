@@ -26,7 +26,7 @@ from jose import jwk, jwt
 
 from tests.conftest import Gateway, model_entry, start_gateway, stop_gateway
 from tests.fake_provider import FakeProvider
-from tests.support import assert_openai_error, bearer
+from tests.support import assert_log_has_no_secrets, assert_openai_error, bearer
 
 GATEWAY_SECRET = "gateway-jwt-secret-0123456789abcdef-0123"
 GATEWAY_AUDIENCE = "llm-gateway"
@@ -312,6 +312,14 @@ def test_bad_token_is_401_and_opens_no_account(gw: Gateway, supabase: SupabaseAu
     )
     assert_openai_error(r, 401, "authentication_error", "invalid_api_key")
     assert gw.admin("GET", f"/admin/users/{sub}").status_code == 404
+
+
+def test_no_token_or_signing_secret_in_the_log(gw: Gateway, supabase: SupabaseAuth) -> None:
+    # Runs after the sign-ins above; tokens and the secrets that sign them never reach the log.
+    token = supabase.token(_new_sub())
+    assert _balance(gw, token).status_code == 200
+    assert _balance(gw, token[:-5] + "AAAAA").status_code == 401
+    assert_log_has_no_secrets(gw, [token, token.rsplit(".", 1)[1], GATEWAY_SECRET, SUPABASE_SECRET])
 
 
 # --- racing first requests --------------------------------------------------------------------
