@@ -158,13 +158,18 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code == 404:
-            return _error_response(NotFound(f"Unknown route: {request.method} {request.url.path}"))
+            # INTERFACE.md's error table: an unknown route is a 404 `model_not_found`, like an
+            # unknown model (clients that branch on the code treat both as "no such thing").
+            return _error_response(
+                NotFound(f"Unknown route: {request.method} {request.url.path}", code="model_not_found")
+            )
         if exc.status_code == 405:
             return _error_response(
                 InvalidRequest(
                     f"Method {request.method} is not allowed here.",
                     status_code=405,
                     code="method_not_allowed",
+                    headers=dict(exc.headers or {}),  # Allow: the methods that are
                 )
             )
         return _error_response(GatewayError(str(exc.detail), status_code=exc.status_code))

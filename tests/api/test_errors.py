@@ -347,7 +347,8 @@ def test_unknown_model_through_the_sdk_is_not_found(gw: Gateway, unchanged: str)
 )
 def test_unknown_route_is_404(gw: Gateway, unchanged: str, method: str, path: str) -> None:
     r = httpx.request(method, gw.url + path, headers=bearer(unchanged), timeout=30)
-    assert_openai_error(r, 404, "invalid_request_error", any_code=True)
+    error = assert_openai_error(r, 404, "invalid_request_error", "model_not_found")
+    assert path in error["message"]
 
 
 # --- 405 -------------------------------------------------------------------------------------
@@ -360,6 +361,7 @@ def test_unknown_route_is_404(gw: Gateway, unchanged: str, method: str, path: st
 def test_wrong_method_is_405(gw: Gateway, unchanged: str, method: str, path: str) -> None:
     r = httpx.request(method, gw.url + path, headers=bearer(unchanged), timeout=30)
     assert_openai_error(r, 405, "invalid_request_error", any_code=True)
+    assert method not in r.headers["allow"] and r.headers["allow"]
 
 
 # --- 413 request_too_large -------------------------------------------------------------------
