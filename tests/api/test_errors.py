@@ -36,6 +36,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory, fake_provider: FakeProvider) ->
             model_entry("busy", "errs+fail-429", base),
             model_entry("sluggish", "errs+slow-3000", base),
             model_entry("badkey", "errs+fail-401", base),
+            model_entry("tiny", "errs+ctx-5", base),
+            model_entry("picky", "errs+fail-400", base),
         ],
         # No retries here (LiteLLM backs off ~1 s per retry); test_fallbacks covers retries.
         router_settings={"num_retries": 0, "timeout": 1},
@@ -172,6 +174,45 @@ def test_admin_schema_violation_is_400(gw: Gateway) -> None:
         content=b"{nope",
         headers=bearer(ADMIN_KEY) | {"Content-Type": "application/json"},
     )
+    assert_openai_error(r, 400, "invalid_request_error", any_code=True)
+
+
+LONG_PROMPT = " ".join(f"w{i}" for i in range(50))
+
+
+def test_prompt_over_the_context_window_is_400_and_costs_nothing(gw: Gateway, unchanged: str) -> None:
+    r = chat(gw, unchanged, {"model": "tiny", "messages": msg(LONG_PROMPT)})
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == (
+        "invalid_request_error",
+        "context_length_exceeded",
+        "messages",
+    )
+    assert "maximum context length is 5 tokens" in error["message"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="app/llm/router.py translate_error puts LiteLLM's whole exception text in the message, e.g. "
+    "'ContextWindowExceededError: litellm.BadRequestError: {json}\\nmodel=tiny. "
+    "context_window_fallbacks=None ... Set context_window_fallback - https://docs.litellm.ai/...' and "
+    "'BadRequestError: {json}\\n\\nLiteLLM: model group 'picky' failed ... No fallback was attempted.'",
+)
+@pytest.mark.parametrize(
+    ("model", "prompt"), [("tiny", LONG_PROMPT), ("picky", "hello")], ids=["ctx", "rejected"]
+)
+def test_provider_400_message_carries_no_litellm_internals(
+    gw: Gateway, unchanged: str, model: str, prompt: str
+) -> None:
+    r = chat(gw, unchanged, {"model": model, "messages": msg(prompt)})
+    error = assert_openai_error(r, 400, "invalid_request_error", any_code=True)
+    for internal in ("BadRequestError", "LiteLLM", "fallback", "docs.litellm.ai", '{"error"'):
+        assert internal not in error["message"], error["message"]
+
+
+def test_request_the_provider_rejects_is_400_and_costs_nothing(gw: Gateway, unchanged: str) -> None:
+    r = chat(gw, unchanged, {"model": "picky", "messages": msg()})
     assert_openai_error(r, 400, "invalid_request_error", any_code=True)
 
 
