@@ -24,6 +24,7 @@ POOL_BAD = "fb-pool-bad+fail-500"
 POOL_GOOD = "fb-pool-good+chunks-4"
 BUSY = "fb-busy+fail-429"
 DROPPING = "fb-dropping+chunks-10+drop-3"
+STALLING = "fb-stalling+chunks-5+chunkdelay-5000"
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, fake_provider: FakeProvider) ->
             model_entry("pool", POOL_GOOD, base),
             model_entry("busy", BUSY, base),
             model_entry("dropping", DROPPING, base),
+            _with_params(model_entry("stalling", STALLING, base), stream_timeout=1),
         ],
         router_settings={
             "num_retries": 1,
@@ -52,6 +54,11 @@ def gw(tmp_path_factory: pytest.TempPathFactory, fake_provider: FakeProvider) ->
     )
     yield gateway
     stop_gateway(gateway)
+
+
+def _with_params(entry: dict[str, Any], **params: Any) -> dict[str, Any]:
+    entry["litellm_params"].update(params)
+    return entry
 
 
 def _sent(fake_provider: FakeProvider) -> list[str]:
@@ -199,6 +206,39 @@ def test_stream_broken_midway_raises_in_the_sdk(gw: Gateway) -> None:
     assert "sk-" not in str(info.value)
     wait_reserved_zero(gw, user_id)
     assert gw.balance(key) == before
+
+
+def _stalled_stream_error(gw: Gateway) -> tuple[str, str, dict[str, Any]]:
+    user_id, key = gw.new_user(balance=1)
+    with httpx.stream(
+        "POST",
+        gw.v1 + "/chat/completions",
+        json={"model": "stalling", "messages": _msg(), "stream": True},
+        headers=bearer(key),
+        timeout=60,
+    ) as r:
+        assert r.status_code == 200
+        events = _sse_events(r.read().decode())
+    last: dict[str, Any] = json.loads(events[-1])
+    return user_id, key, last
+
+
+def test_stream_that_stalls_ends_with_an_error_event_and_costs_nothing(gw: Gateway) -> None:
+    # The provider sends its first chunk, then nothing for longer than stream_timeout.
+    user_id, key, last = _stalled_stream_error(gw)
+    assert set(last) == {"error"} and last["error"]["type"] == "api_error"
+    wait_reserved_zero(gw, user_id)
+    assert gw.balance(key) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="app/llm/router.py translate_error maps the raw aiohttp SocketTimeoutError raised mid-stream "
+    "to upstream_error ('The model provider failed (SocketTimeoutError)'), not upstream_timeout",
+)
+def test_stream_that_stalls_reports_a_timeout(gw: Gateway) -> None:
+    _, _, last = _stalled_stream_error(gw)
+    assert last["error"]["code"] == "upstream_timeout"
 
 
 def test_no_provider_key_in_the_log_after_all_those_failures(gw: Gateway) -> None:
