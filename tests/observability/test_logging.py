@@ -140,7 +140,13 @@ def test_uvicorn_access_lines_become_json_and_are_scrubbed(
     access.info('%s - "%s %s HTTP/1.1" %d', "10.0.0.1", "GET", "/v1/models?api_key=abc123", 200)
     (line,) = json_lines(capsys.readouterr().out)
     assert line["logger"] == "uvicorn.access"
-    assert line["message"] == '10.0.0.1 - "GET /v1/models?api_key=*** HTTP/1.1" 200'
+    # Once litellm is imported (as it is in the gateway), its own log filter may redact the
+    # query first, with its placeholder; either way the secret is gone.
+    assert line["message"] in (
+        '10.0.0.1 - "GET /v1/models?api_key=*** HTTP/1.1" 200',
+        '10.0.0.1 - "GET /v1/models?REDACTED HTTP/1.1" 200',
+    )
+    assert "abc123" not in line["message"]
 
 
 def test_plain_text_mode(capsys: pytest.CaptureFixture[str]) -> None:
