@@ -125,7 +125,7 @@ async def _respond(
             if raw is None
             else {"prompt_tokens": raw.prompt_tokens, "completion_tokens": raw.completion_tokens}
         )
-    if usage is not None and usage.get("prompt_tokens") is not None:
+    if usage is not None and usage.get("prompt_tokens"):  # LiteLLM reports 0s for "no usage"
         call.prompt_tokens = int(usage["prompt_tokens"])
         call.completion_tokens = int(usage.get("completion_tokens") or 0)
     else:
@@ -214,7 +214,7 @@ async def _events(
 
 
 async def _settle_stream(state: AppState, call: CallRecord, hold: Hold | None, tally: StreamTally) -> None:
-    if tally.usage is not None and tally.usage.get("prompt_tokens") is not None:
+    if tally.usage is not None and tally.usage.get("prompt_tokens"):
         call.prompt_tokens = int(tally.usage["prompt_tokens"])
         call.completion_tokens = int(tally.usage.get("completion_tokens") or 0)
     else:

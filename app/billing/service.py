@@ -8,7 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from app.billing.journal import PendingSettlement, SettlementJournal
 from app.billing.pricing import Price, PriceBook, call_cost
@@ -17,6 +17,7 @@ from app.observability.metrics import Metrics
 from app.store.base import Settlement, Store, StoreError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +117,8 @@ class BillingService:
                 request_id=request_id,
                 prompt_cost=prompt_tokens * price.input,
                 output_price=price.output * n,
-                max_tokens=max_tokens,
+                # The store takes a 32-bit integer; anything larger is unaffordable anyway.
+                max_tokens=None if max_tokens is None else min(max_tokens, 2**31 - 1),
                 model_max_output=model_cap,
                 ttl_seconds=self._ttl,
             )
@@ -157,7 +159,22 @@ class BillingService:
         completion_tokens: int,
         deployment_id: str | None = None,
     ) -> Decimal:
-        """Charge the actual cost once; if the store is down, journal it durably and retry."""
+        """Charge the actual cost once; if the store is down, journal it durably and retry.
+
+        The charge runs in a task of its own: if the caller is cancelled meanwhile (a client
+        that hung up while it was being written), the charge still completes.
+        """
+        work = self._settle(
+            hold,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            deployment_id=deployment_id,
+        )
+        return await self._shielded(work)
+
+    async def _settle(
+        self, hold: Hold, *, prompt_tokens: int, completion_tokens: int, deployment_id: str | None
+    ) -> Decimal:
         price = self.prices.for_served(hold.model, deployment_id) or hold.price
         cost = call_cost(price, prompt_tokens, completion_tokens)
         if price.free:
@@ -181,23 +198,34 @@ class BillingService:
         if settled.charged < cost:
             log.error(
                 "charge capped by balance",
-                extra={"billing_request": hold.request_id, "cost": str(cost),
-                       "charged": str(settled.charged)},
+                extra={
+                    "billing_request": hold.request_id,
+                    "cost": str(cost),
+                    "charged": str(settled.charged),
+                },
             )
         return settled.charged if settled.status == "charged" else cost
 
     def detach(self, work: Coroutine[Any, Any, object]) -> None:
         """Run work in a task of its own that shutdown waits for."""
-        task: asyncio.Task[object] = asyncio.create_task(work)
+        self._track(asyncio.create_task(work))
+
+    def _track(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _shielded(self, work: Coroutine[Any, Any, T]) -> T:
+        """Await work that a cancellation of the caller must not cut short (money half-moved)."""
+        task = asyncio.create_task(work)
+        self._track(task)
+        return await asyncio.shield(task)
 
     def settle_soon(
         self, hold: Hold, *, prompt_tokens: int, completion_tokens: int, deployment_id: str | None
     ) -> None:
         """Settle in a task of its own, safe from the cancellation of a dropped stream."""
         self.detach(
-            self.settle(
+            self._settle(
                 hold,
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
@@ -207,8 +235,10 @@ class BillingService:
 
     async def release(self, hold: Hold) -> None:
         """Give a failed call's hold back; if the store is down the sweeper will."""
-        if hold.amount == 0:
-            return
+        if hold.amount != 0:
+            await self._shielded(self._release(hold))
+
+    async def _release(self, hold: Hold) -> None:
         try:
             await self.store.release(user_id=hold.user_id, request_id=hold.request_id)
             self._metrics.billing(operation="release", outcome="ok")
@@ -217,7 +247,8 @@ class BillingService:
             log.warning("release failed; the hold expires with its TTL")
 
     def release_soon(self, hold: Hold) -> None:
-        self.detach(self.release(hold))
+        if hold.amount != 0:
+            self.detach(self._release(hold))
 
     async def _apply(self, entry: PendingSettlement) -> Settlement:
         result = await self.store.settle(

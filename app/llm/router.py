@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import json
 import logging
+import re
 from typing import Any
 
 import litellm
@@ -175,7 +177,7 @@ def translate_error(exc: BaseException) -> GatewayError:
             code="context_length_exceeded",
             param="messages",
         )
-    if isinstance(exc, llm_errors.Timeout):
+    if isinstance(exc, (llm_errors.Timeout, TimeoutError)):
         return UpstreamTimeout("The model provider did not answer in time.")
     if isinstance(exc, (llm_errors.BadRequestError, llm_errors.UnprocessableEntityError)):
         return InvalidRequest(f"The provider rejected the request: {detail}")
@@ -195,8 +197,24 @@ def translate_error(exc: BaseException) -> GatewayError:
 
 
 def _provider_message(exc: BaseException) -> str:
+    """The provider's own error message, without LiteLLM's wrapping, class names or hints."""
     from app.observability.logging import scrub
 
-    message = str(getattr(exc, "message", "") or exc)
-    message = message.removeprefix("litellm.").strip()
-    return scrub(message)[:500]
+    text = str(getattr(exc, "message", "") or exc)
+    start = text.find("{")
+    if start >= 0:
+        try:
+            body, _ = json.JSONDecoder().raw_decode(text[start:])
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            inner = body.get("error")
+            message = inner.get("message") if isinstance(inner, dict) else body.get("message")
+            if isinstance(message, str) and message:
+                return scrub(message)[:500]
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    first = _WRAPPER_PREFIX.sub("", first).strip()
+    return scrub(first)[:500]
+
+
+_WRAPPER_PREFIX = re.compile(r"^(?:\s*(?:litellm\.)?[A-Za-z]*(?:Error|Exception)\s*[:-]\s*)+")
