@@ -8,6 +8,14 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Literal, Protocol
 
 MONEY_PLACES = Decimal("0.00000001")
+# Token counts in billing_reserve are Postgres integers. Asking for more tokens than that is the
+# same request as asking for that many: no provider generates two billion tokens in one call.
+TOKEN_LIMIT = 2**31 - 1
+
+
+def token_count(value: int | None) -> int | None:
+    """A max_tokens-like count as the stores take it: at most TOKEN_LIMIT."""
+    return None if value is None else min(value, TOKEN_LIMIT)
 
 
 class StoreError(Exception):

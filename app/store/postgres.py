@@ -19,6 +19,7 @@ from app.store.base import (
     Transaction,
     User,
     UserNotFound,
+    token_count,
 )
 from app.store.migrations import apply_migrations
 
@@ -221,8 +222,8 @@ class PostgresStore:
             request_id,
             prompt_cost,
             output_price,
-            max_tokens,
-            model_max_output,
+            token_count(max_tokens),
+            token_count(model_max_output),
             ttl_seconds,
         )
         assert row is not None

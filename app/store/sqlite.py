@@ -29,11 +29,10 @@ from app.store.base import (
     User,
     UserNotFound,
     money,
+    token_count,
 )
 
 T = TypeVar("T")
-# billing_reserve returns max_tokens as a Postgres integer; the embedded store caps it alike.
-_INT32_MAX = 2**31 - 1
 
 _SCHEMA = """
 create table if not exists users (
@@ -296,6 +295,8 @@ class SqliteStore:
         model_max_output: int | None,
         ttl_seconds: int,
     ) -> Reservation:
+        max_tokens, model_max_output = token_count(max_tokens), token_count(model_max_output)
+
         def op(conn: sqlite3.Connection) -> Reservation:
             row = conn.execute(
                 "select balance, reserved from users where id = ?", (user_id,)
@@ -310,7 +311,7 @@ class SqliteStore:
                 afford = math.floor((available - prompt_cost) / output_price)
             if max_tokens is not None:
                 if afford is not None and max_tokens > afford:
-                    return Reservation("insufficient", min(afford, _INT32_MAX), Decimal(0), available)
+                    return Reservation("insufficient", token_count(afford), Decimal(0), available)
                 tokens: int | None = max_tokens
             else:
                 caps = [c for c in (afford, model_max_output) if c is not None]
@@ -329,8 +330,7 @@ class SqliteStore:
             if cur.rowcount != 1:
                 return Reservation("duplicate", None, Decimal(0), available)
             self._set_money(conn, user_id, _dec(row["balance"]), _dec(row["reserved"]) + hold)
-            capped = None if tokens is None else min(tokens, _INT32_MAX)  # as Postgres integer
-            return Reservation("ok", capped, hold, available)
+            return Reservation("ok", token_count(tokens), hold, available)
 
         return await self._call(self._tx(op))
 

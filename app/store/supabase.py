@@ -21,6 +21,7 @@ from app.store.base import (
     Transaction,
     User,
     UserNotFound,
+    token_count,
 )
 
 # supabase-py decodes responses with json.loads, which turns a numeric into a float. Casting
@@ -234,8 +235,8 @@ class SupabaseStore:
             "p_request_id": request_id,
             "p_prompt_cost": _num(prompt_cost),
             "p_output_price": _num(output_price),
-            "p_max_tokens": max_tokens,
-            "p_model_max_output": model_max_output,
+            "p_max_tokens": token_count(max_tokens),
+            "p_model_max_output": token_count(model_max_output),
             "p_ttl_seconds": ttl_seconds,
         }
         columns = "status,max_tokens,hold::text,available::text"

@@ -61,6 +61,7 @@ class TcpProxy:
         self.target = (target_host, target_port)
         self.port = 0
         self.counts: Counter[str] = Counter()
+        self.delay = 0.0  # seconds added before each client -> server write: a slow database
         self.connections_accepted = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tcp-proxy", daemon=True)
@@ -144,12 +145,13 @@ class TcpProxy:
         await asyncio.gather(self._pipe(client_r, server_w, count), self._pipe(server_r, client_w, None))
         self._writers.difference_update((client_w, server_w))
 
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tap: Any) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tap: Any) -> None:
         try:
             while data := await reader.read(65536):
                 if tap is not None:
                     tap(data)
+                    if self.delay:
+                        await asyncio.sleep(self.delay)
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):

@@ -61,6 +61,7 @@ def gw(
 def database_back(proxy: TcpProxy) -> Iterator[None]:
     """Whatever a test does to the proxy, the next one starts with the database reachable."""
     yield
+    proxy.delay = 0.0
     proxy.restore()
 
 
@@ -165,3 +166,37 @@ async def test_a_settlement_the_store_cannot_take_is_journaled_and_lands_exactly
     assert acct["balance"] == 1 - Decimal(first.headers["x-request-cost"]) - cost
     assert acct["balance"] == sum(row.amount for row in ledger(gw, key))
     assert await audit(gw) == []
+
+
+async def test_a_client_that_leaves_while_its_charge_is_being_written_still_pays(
+    gw: Gateway, proxy: TcpProxy, database_back: None
+) -> None:
+    """The stream is over and the settlement is on its way to a slow database when the client
+    hangs up (having read the usage chunk, before [DONE]): the charge must still be written."""
+    user_id, key = gw.new_user(1)
+    content = f"{tag()} one two"
+    proxy.delay = 0.5  # every database round trip now takes half a second
+    body = {
+        "model": "five",
+        "messages": [{"role": "user", "content": content}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    with httpx.stream(
+        "POST", gw.v1 + "/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30
+    ) as r:
+        assert r.status_code == 200
+        request_id = r.headers["x-request-id"]
+        for line in r.iter_lines():
+            if '"usage":{' in line:
+                break  # everything has arrived; leave without waiting for [DONE]
+        else:
+            pytest.fail("no usage chunk")
+    proxy.delay = 0.0
+    cost = expected_cost(provider_prompt_tokens(body["messages"]), 5)
+    deadline = time.monotonic() + 10
+    while (acct := account(gw, user_id))["reserved"] != 0:
+        assert time.monotonic() < deadline, f"the hold was never settled: {acct}"
+        time.sleep(0.1)
+    assert charges(gw, key)[request_id].amount == -cost
+    assert acct["balance"] == 1 - cost

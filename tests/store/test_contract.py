@@ -255,6 +255,17 @@ async def test_explicit_max_tokens_beyond_the_balance_is_insufficient_with_the_a
     assert (exact.status, exact.max_tokens, exact.hold) == ("ok", 900, Decimal(1))
 
 
+async def test_a_max_tokens_beyond_any_integer_column_is_just_unaffordable(backend: Backend) -> None:
+    store, uid = backend.store, _uid()
+    await store.ensure_user(uid, Decimal(1))
+    r = await _reserve(store, uid, prompt_cost="0.1", output_price="0.001", max_tokens=2**40)
+    assert (r.status, r.max_tokens, r.hold) == ("insufficient", 900, Decimal(0))
+    # With free output the prompt is all there is to hold, however many tokens are asked for.
+    free = await _reserve(store, uid, prompt_cost="0.1", output_price="0", max_tokens=2**40)
+    assert (free.status, free.hold) == ("ok", Decimal("0.1"))
+    assert await _money(store, uid) == (Decimal(1), Decimal("0.1"))
+
+
 async def test_zero_balance_is_insufficient(backend: Backend) -> None:
     store, uid = backend.store, _uid()
     await store.ensure_user(uid, Decimal(0))
