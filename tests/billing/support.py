@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from app.store.base import AuditRow
+from app.store.base import AuditRow, Store
 from tests.conftest import INPUT_PRICE, OUTPUT_PRICE, Gateway
 from tests.fake_provider import FakeProvider, count_prompt_tokens
 
@@ -119,11 +119,16 @@ async def audit(gw: Gateway) -> list[AuditRow]:
     """The store's own audit, run against the gateway's database (empty when the books balance)."""
     from app.store.postgres import PostgresStore
     from app.store.sqlite import SqliteStore
+    from app.store.supabase import SupabaseStore
 
-    database_url = gw.env.get("DATABASE_URL")
-    store = (
-        PostgresStore(database_url, pool_size=1, migrate=False) if database_url else SqliteStore(gw.data_dir)
-    )
+    database_url, rest_url = gw.env.get("DATABASE_URL"), gw.env.get("SUPABASE_URL")
+    store: Store
+    if database_url:
+        store = PostgresStore(database_url, pool_size=1, migrate=False)
+    elif rest_url:
+        store = SupabaseStore(rest_url, gw.env["SUPABASE_SERVICE_ROLE_KEY"])
+    else:
+        store = SqliteStore(gw.data_dir)
     await store.open()
     try:
         return await store.audit()

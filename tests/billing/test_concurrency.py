@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -27,6 +28,8 @@ from tests.billing.support import (
 )
 from tests.conftest import ROOT, Gateway, model_entry, start_gateway, stop_gateway
 from tests.fake_provider import FakeProvider
+from tests.store.conftest import SERVICE_KEY, create_database, drop_database
+from tests.store.postgrest_shim import PostgrestShim
 
 CALLS = 60
 COMPLETION = 50  # the fake generates 50 tokens; every call asks for max_tokens=50
@@ -35,8 +38,21 @@ MODES = ("json", "stream", "stream+usage")
 START = Decimal("0.0021")
 
 
+@pytest.fixture(scope="module")
+def supabase_rest() -> Iterator[str]:
+    """Supabase's REST API as the PostgREST shim on a fresh database; its URL."""
+    name = f"gw_conc_supa_{uuid.uuid4().hex[:8]}"
+    shim = PostgrestShim(asyncio.run(create_database(name)), SERVICE_KEY).start()
+    try:
+        yield shim.url
+    finally:
+        shim.stop()
+        asyncio.run(drop_database(name))
+
+
 @pytest.fixture(
-    scope="module", params=["sqlite", "postgres", "postgres-litellm-path", "sqlite-2-gunicorn-workers"]
+    scope="module",
+    params=["sqlite", "postgres", "postgres-litellm-path", "sqlite-2-gunicorn-workers", "supabase-rest"],
 )
 def gw(
     request: pytest.FixtureRequest,
@@ -44,11 +60,14 @@ def gw(
     fake_provider: FakeProvider,
     pg_database: str,
 ) -> Iterator[Gateway]:
-    env = (
-        {"DATABASE_URL": pg_database, "DATABASE_POOL_SIZE": "5"}
-        if request.param.startswith("postgres")
-        else {}
-    )
+    env: dict[str, str] = {}
+    if request.param.startswith("postgres"):
+        env = {"DATABASE_URL": pg_database, "DATABASE_POOL_SIZE": "5"}
+    elif request.param == "supabase-rest":
+        env = {
+            "SUPABASE_URL": request.getfixturevalue("supabase_rest"),
+            "SUPABASE_SERVICE_ROLE_KEY": SERVICE_KEY,
+        }
     command = None
     if request.param.endswith("gunicorn-workers"):
         # Two processes on one embedded store: SQLite's write lock must serialise them.
