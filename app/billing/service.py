@@ -127,12 +127,10 @@ class BillingService:
             raise StoreUnavailable("Billing is unavailable; the request was not run.") from exc
         self._metrics.billing(operation="reserve", outcome=r.status)
         if r.status == "ok":
-            # Cap the call at the balance or the model's known limit, never at our guess.
-            capped = (
-                max_tokens is None
-                and r.max_tokens is not None
-                and (price.max_output_tokens is not None or r.max_tokens < model_cap)
-            )
+            # A call without max_tokens is capped at what was held for it (the balance, the
+            # model's limit or the default budget): uncapped, it could generate more than the
+            # balance pays for, and the charge would be cut short at the balance.
+            capped = max_tokens is None and r.max_tokens is not None
             return Hold(user_id, request_id, model, price, r.max_tokens if capped else None, r.hold)
         if r.status == "insufficient":
             available = max(r.available, Decimal(0)).normalize()

@@ -35,6 +35,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory, fake_provider: FakeProvider) ->
             model_entry("big", "fake+chunks-200", base),
             model_entry("five", "fake+chunks-5", base),
             model_entry("limited", "fake+chunks-200", base, max_output_tokens=50),
+            # No output limit known: the provider would go on for 6000 tokens.
+            model_entry("unbounded", "fake+chunks-6000", base),
             _unpriced("unpriced", "fake-not-in-any-cost-map", base),
             _unpriced("gratis", "fake-not-in-any-cost-map+chunks-5", base, free=True),
             # No price in the config: LiteLLM's bundled cost map prices it.
@@ -99,6 +101,26 @@ def test_without_max_tokens_a_call_is_capped_at_the_models_output_limit(
     (sent,) = provider_saw(fake_provider, messages[0]["content"].split()[0])
     assert sent["max_tokens"] == 50
     assert completion.usage.completion_tokens == 50
+
+
+async def test_without_max_tokens_a_call_never_generates_more_than_the_balance_pays_for(
+    gw: Gateway, fake_provider: FakeProvider
+) -> None:
+    """A model with no known output limit: the call must not outgrow what the balance can pay."""
+    balance = Decimal("0.01")  # about 5000 completion tokens; the provider would make 6000
+    user_id, key = gw.new_user(balance)
+    messages = _messages()
+    affordable = await _affordable("unbounded", balance, messages)
+    assert 4096 < affordable < 6000
+    raw = _create(gw, key, model="unbounded", messages=messages)
+    usage = raw.parse().usage
+    cost = expected_cost(usage.prompt_tokens, usage.completion_tokens)
+    (sent,) = provider_saw(fake_provider, messages[0]["content"].split()[0])
+    assert sent.get("max_tokens") is not None and sent["max_tokens"] <= affordable
+    # Charged in full for what was generated: nothing given away.
+    assert Decimal(raw.headers["x-request-cost"]) == cost <= balance
+    acct = account(gw, user_id)
+    assert (acct["balance"], acct["reserved"]) == (balance - cost, 0)
 
 
 async def test_an_explicit_unaffordable_max_tokens_is_refused_with_the_affordable_count(

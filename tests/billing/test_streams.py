@@ -170,20 +170,8 @@ def test_a_provider_that_drops_mid_stream_costs_nothing(gw: Gateway) -> None:
     assert charges(gw, key) == {}
 
 
-LITELLM_ZERO_USAGE = pytest.mark.xfail(
-    strict=True,
-    reason="app/api/chat.py _respond: on LiteLLM's call path a provider that reports no usage comes"
-    " back with usage {prompt_tokens: 0, completion_tokens: 0} (LiteLLM fills it in), which is taken"
-    " as the provider's count, so the call is charged 0 instead of falling back to token counting",
-)
-
-
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "json"])
-def test_a_provider_without_usage_is_charged_by_counting_tokens(
-    gw: Gateway, stream: bool, request: pytest.FixtureRequest
-) -> None:
-    if not stream and request.node.callspec.params["gw"].endswith("litellm-path"):
-        request.applymarker(LITELLM_ZERO_USAGE)
+def test_a_provider_without_usage_is_charged_by_counting_tokens(gw: Gateway, stream: bool) -> None:
     user_id, key = gw.new_user(START)
     messages = _messages()
     if stream:
