@@ -192,13 +192,6 @@ def test_prompt_over_the_context_window_is_400_and_costs_nothing(gw: Gateway, un
     assert "maximum context length is 5 tokens" in error["message"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app/llm/router.py translate_error puts LiteLLM's whole exception text in the message, e.g. "
-    "'ContextWindowExceededError: litellm.BadRequestError: {json}\\nmodel=tiny. "
-    "context_window_fallbacks=None ... Set context_window_fallback - https://docs.litellm.ai/...' and "
-    "'BadRequestError: {json}\\n\\nLiteLLM: model group 'picky' failed ... No fallback was attempted.'",
-)
 @pytest.mark.parametrize(
     ("model", "prompt"), [("tiny", LONG_PROMPT), ("picky", "hello")], ids=["ctx", "rejected"]
 )
@@ -316,11 +309,6 @@ def test_huge_max_tokens_is_402_not_a_store_error(gw: Gateway, unchanged: str) -
     assert error["param"] == "max_tokens"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="billing_reserve() takes max_tokens as a Postgres integer: 2**40 overflows in the store and "
-    "the caller gets 503 store_unavailable (SQLite answers 402); cap max_tokens before the store",
-)
 def test_huge_max_tokens_on_postgres_is_402_not_a_store_error(
     tmp_path: Path, fake_provider: FakeProvider, pg_database: str
 ) -> None:

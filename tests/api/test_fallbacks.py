@@ -231,11 +231,6 @@ def test_stream_that_stalls_ends_with_an_error_event_and_costs_nothing(gw: Gatew
     assert gw.balance(key) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app/llm/router.py translate_error maps the raw aiohttp SocketTimeoutError raised mid-stream "
-    "to upstream_error ('The model provider failed (SocketTimeoutError)'), not upstream_timeout",
-)
 def test_stream_that_stalls_reports_a_timeout(gw: Gateway) -> None:
     _, _, last = _stalled_stream_error(gw)
     assert last["error"]["code"] == "upstream_timeout"
