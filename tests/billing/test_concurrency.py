@@ -159,7 +159,7 @@ async def test_60_concurrent_calls_on_a_balance_that_covers_a_third(
     for o in refused:
         assert o.error["code"] == "insufficient_balance" and o.error["type"] == "insufficient_quota", o.error
     # Streams were in the mix on both sides.
-    assert {o.mode for o in ok} == set(MODES), [(o.mode, o.status) for o in outcomes]
+    assert any(o.mode != "json" for o in ok) and any(o.mode != "json" for o in refused)
     cheapest = expected_cost(2, COMPLETION)
     assert 1 <= len(ok) <= START // cheapest, len(ok)
 
