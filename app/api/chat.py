@@ -197,6 +197,7 @@ async def _events(
         capture_upstream_failure(error, request_id=call.request_id, user_id=call.user_id, model=call.model)
         if hold is not None:
             state.billing.release_soon(hold)
+        state.billing.detach(_close_quietly(upstream))
         _finished(state, call, "error", error=error)
         yield sse_error_event(error)
         return

@@ -72,6 +72,12 @@ class SettlementJournal:
     def remove(self, path: Path) -> None:
         path.unlink(missing_ok=True)
 
+    def set_aside(self, path: Path) -> None:
+        """Move a settlement the store refuses into `refused/`, for an operator to look at."""
+        refused = self.directory / "refused"
+        refused.mkdir(exist_ok=True)
+        path.replace(refused / path.name)
+
 
 def _safe(request_id: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in request_id)[:128]

@@ -14,7 +14,7 @@ from app.billing.journal import PendingSettlement, SettlementJournal
 from app.billing.pricing import Price, PriceBook, call_cost
 from app.errors import GatewayError, InsufficientBalance, InvalidRequest, StoreUnavailable
 from app.observability.metrics import Metrics
-from app.store.base import Settlement, Store, StoreError
+from app.store.base import BalanceConflict, Settlement, Store, StoreError, UserNotFound
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -269,6 +269,12 @@ class BillingService:
                 await self._apply(entry)
             except StoreError:
                 break  # still down; try again next round
+            except (UserNotFound, BalanceConflict):
+                # The store answered but will never take this one: keep it for an operator
+                # rather than blocking every settlement queued behind it.
+                log.error("journaled settlement refused by the store", extra={"billing_request": entry.request_id})
+                self.journal.set_aside(path)
+                continue
             self.journal.remove(path)
             done += 1
         if done:

@@ -44,6 +44,14 @@ def _clean_url(url: str) -> str:
     return parts._replace(query=kept).geturl()
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Skip the pool's reset query on release: one round trip less per operation.
+
+    Safe because nothing here leaves session state behind: every operation is one statement
+    (a function call) outside an explicit transaction, with no SET, LISTEN or temp tables.
+    """
+
+
 def _user(row: asyncpg.Record) -> User:
     return User(
         id=row["id"],
@@ -90,6 +98,7 @@ class PostgresStore:
                 statement_cache_size=self._statement_cache_size,
                 timeout=10,
                 command_timeout=10,
+                reset=_keep_session,
             )
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             raise StoreError(f"cannot open Postgres: {type(exc).__name__}") from exc
