@@ -123,5 +123,3 @@ async def _send_error(send: Send, error: RequestTooLarge) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
-
-

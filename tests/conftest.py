@@ -94,7 +94,11 @@ def model_entry(name: str, behaviour: str, api_base: str, **info: Any) -> dict[s
     model_info.update(info)
     return {
         "model_name": name,
-        "litellm_params": {"model": f"openai/{behaviour}", "api_base": api_base, "api_key": "sk-provider-secret"},
+        "litellm_params": {
+            "model": f"openai/{behaviour}",
+            "api_base": api_base,
+            "api_key": "sk-provider-secret",
+        },
         "model_info": model_info,
     }
 
@@ -185,7 +189,9 @@ def start_gateway(
         wait_http(url + "/health", proc=proc, timeout=60)
     except Exception:
         proc.kill()
-        raise RuntimeError("gateway did not start:\n" + log_path.read_text(errors="replace")[-4000:]) from None
+        raise RuntimeError(
+            "gateway did not start:\n" + log_path.read_text(errors="replace")[-4000:]
+        ) from None
     return Gateway(url=url, proc=proc, log_path=log_path, env=full_env, data_dir=data_dir)
 
 

@@ -41,21 +41,23 @@ async def transactions(
         rows = await state.store.transactions(principal.user_id, limit=limit, offset=offset)
     except StoreError as exc:
         raise StoreUnavailable("Billing is unavailable; try again.") from exc
-    return MoneyJSONResponse({
-        "user_id": principal.user_id,
-        "transactions": [
-            {
-                "id": t.id,
-                "amount": t.amount,
-                "description": t.description,
-                "timestamp": t.timestamp.isoformat(),
-                "model": t.model,
-                "request_id": t.request_id,
-                "prompt_tokens": t.prompt_tokens,
-                "completion_tokens": t.completion_tokens,
-            }
-            for t in rows
-        ],
-        "limit": limit,
-        "offset": offset,
-    })
+    return MoneyJSONResponse(
+        {
+            "user_id": principal.user_id,
+            "transactions": [
+                {
+                    "id": t.id,
+                    "amount": t.amount,
+                    "description": t.description,
+                    "timestamp": t.timestamp.isoformat(),
+                    "model": t.model,
+                    "request_id": t.request_id,
+                    "prompt_tokens": t.prompt_tokens,
+                    "completion_tokens": t.completion_tokens,
+                }
+                for t in rows
+            ],
+            "limit": limit,
+            "offset": offset,
+        }
+    )

@@ -40,9 +40,7 @@ def require_admin(request: Request, state: State) -> None:
         raise PermissionDenied("The admin API is disabled: ADMIN_API_KEY is not set.")
     header = request.headers.get("authorization", "")
     scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode(), expected.encode()
-    ):
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
         raise AuthenticationFailed("Invalid admin credentials.")
 
 

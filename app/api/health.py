@@ -16,6 +16,7 @@ from app.api.responses import MoneyJSONResponse
 
 router = APIRouter()
 
+
 async def _timed(name: str, probe: Any) -> dict[str, Any]:
     start = time.perf_counter()
     try:
@@ -57,7 +58,9 @@ async def ready(state: State) -> MoneyJSONResponse:
     """Readiness: the store answers and the Router has models."""
     checks = [c for c in await _checks(state) if c["name"] != "redis"]  # Redis down degrades only
     ok = all(c["status"] == "ok" for c in checks)
-    return MoneyJSONResponse({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)
+    return MoneyJSONResponse(
+        {"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503
+    )
 
 
 @router.get("/health/detailed")

@@ -272,7 +272,9 @@ class BillingService:
             except (UserNotFound, BalanceConflict):
                 # The store answered but will never take this one: keep it for an operator
                 # rather than blocking every settlement queued behind it.
-                log.error("journaled settlement refused by the store", extra={"billing_request": entry.request_id})
+                log.error(
+                    "journaled settlement refused by the store", extra={"billing_request": entry.request_id}
+                )
                 self.journal.set_aside(path)
                 continue
             self.journal.remove(path)

@@ -155,9 +155,7 @@ class PostgresStore:
             raise UserNotFound(user_id)
         return _user(row)
 
-    async def create_api_key(
-        self, *, user_id: str, key_id: str, key_hash: str, name: str | None
-    ) -> None:
+    async def create_api_key(self, *, user_id: str, key_id: str, key_hash: str, name: str | None) -> None:
         try:
             await self._run(
                 lambda c: c.execute(

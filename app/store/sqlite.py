@@ -195,8 +195,7 @@ class SqliteStore:
         def q() -> User | None:
             assert self._conn is not None
             row = self._conn.execute(
-                "select id, balance, reserved, rpm_limit, rph_limit, tpm_limit"
-                " from users where id = ?",
+                "select id, balance, reserved, rpm_limit, rph_limit, tpm_limit from users where id = ?",
                 (user_id,),
             ).fetchone()
             return _user(row) if row else None
@@ -217,9 +216,7 @@ class SqliteStore:
 
         return await self._call(self._tx(op))
 
-    async def create_api_key(
-        self, *, user_id: str, key_id: str, key_hash: str, name: str | None
-    ) -> None:
+    async def create_api_key(self, *, user_id: str, key_id: str, key_hash: str, name: str | None) -> None:
         def op(conn: sqlite3.Connection) -> None:
             self._locked_user(conn, user_id)
             conn.execute(
@@ -233,8 +230,7 @@ class SqliteStore:
         def q() -> ApiKey | None:
             assert self._conn is not None
             row = self._conn.execute(
-                "select id, user_id, name, revoked_at, rpm_limit, tpm_limit"
-                " from api_keys where key_hash = ?",
+                "select id, user_id, name, revoked_at, rpm_limit, tpm_limit from api_keys where key_hash = ?",
                 (key_hash,),
             ).fetchone()
             if row is None:
@@ -298,9 +294,7 @@ class SqliteStore:
         max_tokens, model_max_output = token_count(max_tokens), token_count(model_max_output)
 
         def op(conn: sqlite3.Connection) -> Reservation:
-            row = conn.execute(
-                "select balance, reserved from users where id = ?", (user_id,)
-            ).fetchone()
+            row = conn.execute("select balance, reserved from users where id = ?", (user_id,)).fetchone()
             if row is None:
                 return Reservation("no_account", None, Decimal(0), Decimal(0))
             available = _dec(row["balance"]) - _dec(row["reserved"])
@@ -318,9 +312,7 @@ class SqliteStore:
                 tokens = min(caps) if caps else None
                 if tokens is not None and tokens < 1:
                     return Reservation("insufficient", 0, Decimal(0), available)
-            hold = (prompt_cost + (tokens or 0) * output_price).quantize(
-                MONEY_PLACES, rounding=ROUND_CEILING
-            )
+            hold = (prompt_cost + (tokens or 0) * output_price).quantize(MONEY_PLACES, rounding=ROUND_CEILING)
             hold = min(hold, available)
             cur = conn.execute(
                 "insert or ignore into reservations (request_id, user_id, amount, expires_at)"
@@ -364,8 +356,7 @@ class SqliteStore:
                 "insert or ignore into transactions (user_id, amount, kind, description, model,"
                 " request_id, prompt_tokens, completion_tokens)"
                 " values (?, ?, 'charge', ?, ?, ?, ?, ?)",
-                (user_id, str(-charge), description, model, request_id, prompt_tokens,
-                 completion_tokens),
+                (user_id, str(-charge), description, model, request_id, prompt_tokens, completion_tokens),
             )
             if cur.rowcount != 1:
                 self._set_money(conn, user_id, user.balance, user.reserved - hold)
@@ -398,8 +389,7 @@ class SqliteStore:
     async def sweep_expired(self) -> int:
         def op(conn: sqlite3.Connection) -> int:
             rows = conn.execute(
-                "select request_id, user_id, amount from reservations"
-                " where expires_at < julianday('now')"
+                "select request_id, user_id, amount from reservations where expires_at < julianday('now')"
             ).fetchall()
             for row in rows:
                 conn.execute("delete from reservations where request_id = ?", (row["request_id"],))
@@ -441,13 +431,21 @@ class SqliteStore:
             out: list[AuditRow] = []
             for u in self._conn.execute("select id, balance, reserved from users").fetchall():
                 ledger = sum(
-                    (_dec(r[0]) for r in self._conn.execute(
-                        "select amount from transactions where user_id = ?", (u["id"],))),
+                    (
+                        _dec(r[0])
+                        for r in self._conn.execute(
+                            "select amount from transactions where user_id = ?", (u["id"],)
+                        )
+                    ),
                     Decimal(0),
                 )
                 held = sum(
-                    (_dec(r[0]) for r in self._conn.execute(
-                        "select amount from reservations where user_id = ?", (u["id"],))),
+                    (
+                        _dec(r[0])
+                        for r in self._conn.execute(
+                            "select amount from reservations where user_id = ?", (u["id"],)
+                        )
+                    ),
                     Decimal(0),
                 )
                 balance, reserved = _dec(u["balance"]), _dec(u["reserved"])

@@ -28,9 +28,7 @@ from app.store.base import (
 # money columns to text in the select list makes PostgREST send every digit as a string.
 _USER_COLUMNS = "id,balance::text,reserved::text,rpm_limit,rph_limit,tpm_limit"
 _KEY_COLUMNS = "id,user_id,name,revoked_at,rpm_limit,tpm_limit"
-_TX_COLUMNS = (
-    "id,amount::text,kind,description,created_at,model,request_id,prompt_tokens,completion_tokens"
-)
+_TX_COLUMNS = "id,amount::text,kind,description,created_at,model,request_id,prompt_tokens,completion_tokens"
 
 
 class _Query(Protocol):
@@ -146,9 +144,7 @@ class SupabaseStore:
 
     async def ensure_user(self, user_id: str, balance: Decimal) -> tuple[User, bool]:
         row = _one(
-            await self._rpc(
-                "billing_ensure_user", {"p_user": user_id, "p_balance": _num(balance)}, "created"
-            )
+            await self._rpc("billing_ensure_user", {"p_user": user_id, "p_balance": _num(balance)}, "created")
         )
         user = await self.get_user(user_id)
         if user is None:
@@ -174,9 +170,7 @@ class SupabaseStore:
             raise UserNotFound(user_id)
         return _user(rows[0])
 
-    async def create_api_key(
-        self, *, user_id: str, key_id: str, key_hash: str, name: str | None
-    ) -> None:
+    async def create_api_key(self, *, user_id: str, key_id: str, key_hash: str, name: str | None) -> None:
         row = {"id": key_id, "user_id": user_id, "key_hash": key_hash, "name": name}
         await self._run(self._db.table("api_keys").insert(row, returning=ReturnMethod.minimal))
 
@@ -269,9 +263,7 @@ class SupabaseStore:
             "p_description": description,
         }
         row = _one(await self._rpc("billing_settle", params, "status,charged::text,balance::text"))
-        return Settlement(
-            status=row["status"], charged=_dec(row["charged"]), balance=_dec(row["balance"])
-        )
+        return Settlement(status=row["status"], charged=_dec(row["charged"]), balance=_dec(row["balance"]))
 
     async def release(self, *, user_id: str, request_id: str) -> bool:
         data = await self._rpc("billing_release", {"p_user": user_id, "p_request_id": request_id})

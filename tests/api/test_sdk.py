@@ -64,7 +64,9 @@ def test_stream_without_include_usage_has_no_usage_chunk(gw: Gateway) -> None:
         )
     )
     assert chunks and all(c.usage is None for c in chunks)
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "tok0 tok1 tok2 tok3 tok4 "
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "tok0 tok1 tok2 tok3 tok4 "
+    )
 
 
 def test_raw_sse_framing_ends_with_done(gw: Gateway) -> None:
@@ -89,7 +91,12 @@ def test_raw_sse_framing_ends_with_done(gw: Gateway) -> None:
 def test_every_openai_parameter_reaches_the_provider(gw: Gateway, fake_provider: FakeProvider) -> None:
     _, key = gw.new_user()
     fake_provider.clear()
-    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}},
+        }
+    ]
     resp = gw.client(key).chat.completions.create(
         model="fake",
         messages=[{"role": "user", "content": "weather?"}],
@@ -112,9 +119,19 @@ def test_every_openai_parameter_reaches_the_provider(gw: Gateway, fake_provider:
     assert resp.choices[0].message.tool_calls[0].function.name == "lookup"
     sent = [r for r in fake_provider.requests() if r["path"].endswith("/chat/completions")][-1]["body"]
     for key_, value in {
-        "seed": 42, "n": 2, "temperature": 0.3, "top_p": 0.9, "logprobs": True, "top_logprobs": 2,
-        "user": "end-user-7", "tool_choice": "auto", "response_format": {"type": "json_object"},
-        "stop": ["never"], "presence_penalty": 0.1, "frequency_penalty": 0.2, "max_tokens": 50,
+        "seed": 42,
+        "n": 2,
+        "temperature": 0.3,
+        "top_p": 0.9,
+        "logprobs": True,
+        "top_logprobs": 2,
+        "user": "end-user-7",
+        "tool_choice": "auto",
+        "response_format": {"type": "json_object"},
+        "stop": ["never"],
+        "presence_penalty": 0.1,
+        "frequency_penalty": 0.2,
+        "max_tokens": 50,
     }.items():
         assert sent[key_] == value, key_
     assert sent["tools"][0]["function"]["name"] == "lookup"

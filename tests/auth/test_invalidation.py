@@ -14,7 +14,9 @@ from tests.fake_provider import FakeProvider
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory, fake_provider: FakeProvider) -> Iterator[tuple[Gateway, Gateway]]:
+def pair(
+    tmp_path_factory: pytest.TempPathFactory, fake_provider: FakeProvider
+) -> Iterator[tuple[Gateway, Gateway]]:
     models = [model_entry("fake", "fake", fake_provider.base_url)]
     first = start_gateway(tmp_path_factory.mktemp("inv-a"), models=models, env={"REDIS_URL": REDIS_URL})
     # The second process shares the first one's store and Redis: two instances of one gateway.
