@@ -109,7 +109,7 @@ import time
 import urllib.request
 from collections import deque
 
-__all__ = ["FakeProvider", "parse_model", "count_prompt_tokens"]
+__all__ = ["FakeProvider", "count_prompt_tokens", "parse_model"]
 
 DEFAULT_CHUNKS = 5
 EMBED_DIM = 8
@@ -656,7 +656,7 @@ class FakeProvider:
     def base_url(self) -> str:
         return self.url + "/v1"
 
-    def start(self) -> "FakeProvider":
+    def start(self) -> FakeProvider:
         cmd = [sys.executable, os.path.abspath(__file__), "--host", self.host,
                "--port", str(self.port), *self.extra_args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
@@ -705,7 +705,7 @@ class FakeProvider:
             except Exception:
                 pass
 
-    def __enter__(self) -> "FakeProvider":
+    def __enter__(self) -> FakeProvider:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -13,7 +13,7 @@ import openai
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fake_provider import FakeProvider, embedding_vector  # noqa: E402
+from fake_provider import FakeProvider, embedding_vector
 
 MSGS = [{"role": "system", "content": "be brief"},
         {"role": "user", "content": [{"type": "text", "text": "hello there world"}]}]
