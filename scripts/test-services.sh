@@ -3,6 +3,7 @@
 # environment the tests use. Reuses servers already listening on 127.0.0.1 (5432, 6379);
 # otherwise installs Debian's packages (apt-get) and starts private instances on loopback
 # under .data/test-services, leaving the machine's own configuration untouched.
+# TEST_SERVICES_PRIVATE=1 uses the private instances even when system ones are running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 state="$PWD/.data/test-services"
@@ -19,7 +20,8 @@ apt_install() {
 # --- PostgreSQL -------------------------------------------------------------------------
 pg_url="${TEST_DATABASE_URL:-}"
 if [ -z "$pg_url" ]; then
-    if command -v psql >/dev/null && psql "postgresql://postgres@127.0.0.1:5432/postgres" -Atqc 'select 1' >/dev/null 2>&1; then
+    if [ -z "${TEST_SERVICES_PRIVATE:-}" ] && command -v psql >/dev/null \
+        && psql "postgresql://postgres@127.0.0.1:5432/postgres" -Atqc 'select 1' >/dev/null 2>&1; then
         pg_url="postgresql://postgres@127.0.0.1:5432/postgres"
     else
         pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
@@ -33,7 +35,7 @@ if [ -z "$pg_url" ]; then
                 $run_as "$pgbin/initdb" -D "$state/pg" -U postgres -A trust >/dev/null
             fi
             log "starting a private PostgreSQL on 127.0.0.1:$port"
-            $run_as "$pgbin/pg_ctl" -D "$state/pg" -l "$state/pg.log" -w \
+            $run_as "$pgbin/pg_ctl" -D "$state/pg" -l "$state/pg/server.log" -w \
                 -o "-h 127.0.0.1 -p $port -k /tmp -c fsync=off" start >/dev/null
         fi
         pg_url="postgresql://postgres@127.0.0.1:$port/postgres"
@@ -43,7 +45,8 @@ fi
 # --- Redis ------------------------------------------------------------------------------
 redis_url="${TEST_REDIS_URL:-}"
 if [ -z "$redis_url" ]; then
-    if command -v redis-cli >/dev/null && [ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = "PONG" ]; then
+    if [ -z "${TEST_SERVICES_PRIVATE:-}" ] && command -v redis-cli >/dev/null \
+        && [ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = "PONG" ]; then
         redis_url="redis://127.0.0.1:6379/0"
     else
         command -v redis-server >/dev/null || { log "installing redis-server"; apt_install redis-server; }

@@ -14,12 +14,13 @@ import asyncpg
 import pytest
 import yaml
 
+from tests.conftest import PG_SERVER, REDIS_URL
 from tests.fake_provider import FakeProvider
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "check_env.py"
 ADMIN_KEY = "adm-0123456789-very-secret-admin-key"
-LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+LOCAL_PG = PG_SERVER
 DEMO_CONFIG = """
 model_list:
   - model_name: demo
@@ -96,7 +97,7 @@ def test_missing_model_config_fails(tmp_path: Path) -> None:
 
 
 def test_redis_reachable(tmp_path: Path, demo_config: Path) -> None:
-    result = run(tmp_path, demo_config, REDIS_URL="redis://127.0.0.1:6379/0")
+    result = run(tmp_path, demo_config, REDIS_URL=REDIS_URL)
     assert result.returncode == 0, result.stdout
     assert " OK " in row(result.stdout, "redis")
 

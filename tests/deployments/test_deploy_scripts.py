@@ -11,8 +11,11 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+
+from tests.conftest import PG_SERVER
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "deployments" / "scripts"
@@ -109,12 +112,13 @@ def test_health_monitor_fails_when_nothing_answers() -> None:
 
 # --- backup.sh ---------------------------------------------------------------------------------
 
-LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+LOCAL_PG = PG_SERVER
 
 
 def postgres_reachable() -> bool:
+    parts = urlsplit(LOCAL_PG)
     try:
-        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
+        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5432), timeout=1).close()
     except OSError:
         return False
     return shutil.which("pg_dump") is not None
