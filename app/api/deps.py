@@ -13,9 +13,15 @@ from app.errors import AuthenticationFailed, InvalidRequest, PermissionDenied
 from app.state import AppState
 
 
-def get_state(request: Request) -> AppState:
+def get_app_state(request: Request) -> AppState:
+    """The state the lifespan built."""
     state: AppState = request.app.state.gateway
     return state
+
+
+async def get_state(request: Request) -> AppState:
+    # async: FastAPI runs a plain `def` dependency in the threadpool, a thread hop per request.
+    return get_app_state(request)
 
 
 State = Annotated[AppState, Depends(get_state)]
@@ -33,7 +39,7 @@ async def current_principal(request: Request, state: State) -> Principal:
 CurrentUser = Annotated[Principal, Depends(current_principal)]
 
 
-def require_admin(request: Request, state: State) -> None:
+async def require_admin(request: Request, state: State) -> None:
     """`Authorization: Bearer $ADMIN_API_KEY`, compared in constant time."""
     expected = state.settings.ADMIN_API_KEY
     if not expected:

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from app.api.deps import CurrentUser, JsonBody, State
+from app.api.deps import current_principal, get_app_state, json_body
 from app.billing.tokens import count_input_tokens
 from app.errors import GatewayError, ModelNotFound
 from app.llm.requests import parse_embeddings
@@ -16,8 +16,11 @@ router = APIRouter()
 
 
 @router.post("/v1/embeddings")
-async def embeddings(request: Request, body: JsonBody, principal: CurrentUser, state: State) -> Response:
+async def embeddings(request: Request) -> Response:
     """OpenAI embeddings, billed on the provider's prompt token count."""
+    state = get_app_state(request)
+    body = await json_body(request)
+    principal = await current_principal(request, state)
     req = parse_embeddings(body)
     if not state.llm.has_model(req.model):
         raise ModelNotFound(f"The model '{req.model}' does not exist.", param="model")
