@@ -1,0 +1,1 @@
+"""The benchmark and soak test (`make bench`, `make soak`); see bench/run.py."""

@@ -1,0 +1,320 @@
+"""Side-by-side benchmark (direct / gateway / LiteLLM proxy) and soak test; writes docs/PERFORMANCE.md.
+
+    .venv/bin/python bench/run.py              # full benchmark (~4 minutes), updates docs/PERFORMANCE.md
+    .venv/bin/python bench/run.py --quick      # ~1 minute smoke run, prints tables, writes nothing
+    .venv/bin/python bench/run.py --soak 600   # steady load on the gateway, updates the soak section
+
+Only 127.0.0.1 is used. Every process started here runs in its own process group and is stopped
+on exit, on failure and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import procs, report, targets  # noqa: E402
+from bench.measure import (  # noqa: E402
+    CLIENT_CPUS,
+    NOSYNC_SCENARIOS,
+    SERVER_CPUS,
+    free_port,
+    run_target,
+    wait_for_quiet,
+)
+from bench.soak import render_soak, soak, stall_verdict, summarize_soak  # noqa: E402
+from bench.tables import derived, render_bench  # noqa: E402
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Direct, gateway (and its diagnostic variant), LiteLLM proxy: every scenario, one after the other."""
+    warmup, duration = (0.5, 2.0) if args.quick else (args.warmup, args.duration)
+    idle_before = wait_for_quiet(args.wait_quiet)
+    print(f"other processes before the run: {idle_before:.0%} of a core", flush=True)
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="llm-gateway-bench-"))
+    processes = procs.Processes()
+    database: str | None = None
+    databases: list[str | None] = []
+    results: list[dict[str, Any]] = []
+    notes: dict[str, list[str]] = {}
+    proxy_python: Path | None = None
+    try:
+        if not args.skip_proxy:
+            try:
+                proxy_python = targets.ensure_proxy_venv()
+            except Exception as exc:  # reported; the other two targets still run
+                notes["litellm-proxy"] = [
+                    f"**not measured**: installing {targets.PROXY_REQUIREMENT} failed ({exc})"
+                ]
+        print(f"work dir {work}; warm-up {warmup:g} s, measured {duration:g} s per scenario", flush=True)
+        fake, fake_child = targets.start_fake(processes, work, cpus=CLIENT_CPUS)
+        print(f"fake provider {fake.base} (core 0)", flush=True)
+        run_target(fake, fake_root=fake_child.pid, warmup=warmup, duration=duration, results=results)
+
+        database = targets.create_database()
+        databases.append(database)
+        gw = targets.start_gateway(
+            processes, work, api_base=fake.base, port=free_port(), database=database, cpus=SERVER_CPUS
+        )
+        notes["gateway"] = gw.notes
+        print(f"gateway {gw.base} (core 1): {'; '.join(gw.notes)}", flush=True)
+        run_target(gw, fake_root=fake_child.pid, warmup=warmup, duration=duration, results=results)
+        assert gw.child is not None
+        processes.stop(gw.child)
+
+        if database and not args.quick:
+            nosync_db = targets.create_database(synchronous_commit=False)
+            databases.append(nosync_db)
+            gw2 = targets.start_gateway(
+                processes,
+                work,
+                api_base=fake.base,
+                port=free_port(),
+                database=nosync_db,
+                cpus=SERVER_CPUS,
+                name="gateway-nosync",
+            )
+            notes["gateway-nosync"] = [
+                "the same gateway on a database with `synchronous_commit = off` (commits do not wait for the "
+                "disk), to show how much of the added latency is this machine's fsync"
+            ]
+            print("gateway with synchronous_commit=off (diagnostic, 1 connection only)", flush=True)
+            run_target(
+                gw2,
+                fake_root=fake_child.pid,
+                warmup=warmup,
+                duration=duration,
+                results=results,
+                only=NOSYNC_SCENARIOS,
+            )
+            assert gw2.child is not None
+            processes.stop(gw2.child)
+
+        if proxy_python is not None:
+            try:
+                px = targets.start_proxy(
+                    processes, work, api_base=fake.base, port=free_port(), cpus=SERVER_CPUS
+                )
+            except Exception as exc:
+                notes["litellm-proxy"] = [f"**not measured**: the proxy did not start ({exc})"[:500]]
+                print(notes["litellm-proxy"][0], flush=True)
+            else:
+                notes["litellm-proxy"] = px.notes
+                print(f"litellm proxy {px.base} (core 1)", flush=True)
+                run_target(px, fake_root=fake_child.pid, warmup=warmup, duration=duration, results=results)
+                assert px.child is not None
+                processes.stop(px.child)
+    finally:
+        processes.stop_all()
+        for db in databases:
+            if db:
+                targets.drop_database(db)
+        if args.keep:
+            print(f"logs kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    elapsed = time.monotonic() - started
+    data = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "quick": bool(args.quick),
+        "warmup": warmup,
+        "duration": duration,
+        "elapsed": elapsed,
+        "machine": report.machine(),
+        "versions": report.versions(),
+        "proxy_versions": targets.proxy_versions(),
+        "revision": report.git_revision(),
+        "notes": notes,
+        "results": results,
+        "other_before": idle_before,
+    }
+    section = render_bench(data)
+    print()
+    print(section)
+    out = args.out or (None if args.quick else report.DOC)
+    if out is not None:
+        sections = report.read_sections(out.read_text()) if out.exists() else {}
+        soak = report.embedded(sections.get("soak"), "soak")
+        report.write(out, {"bench": section, "targets": render_targets(data, soak)})
+        print(f"wrote {out}")
+    print(f"benchmark took {elapsed:.0f} s")
+    errors = sum(r["errors"] for r in results)
+    return 1 if errors else 0
+
+
+def run_soak(args: argparse.Namespace) -> int:
+    """The soak, then its section (and the targets) in the markdown."""
+    data = summarize_soak(soak(args))
+    section = render_soak(data)
+    print()
+    print(section)
+    out = args.out or report.DOC
+    sections = report.read_sections(out.read_text()) if out.exists() else {}
+    bench_data = report.embedded(sections.get("bench"), "bench")
+    report.write(out, {"soak": section, "targets": render_targets(bench_data, data)})
+    print(f"wrote {out}; soak took {data['elapsed']:.0f} s")
+    return 1 if data["errors"] else 0
+
+
+def render_targets(bench_data: dict[str, Any] | None, soak: dict[str, Any] | None) -> str:
+    lines = ["## Targets", ""]
+    rows: list[list[str]] = []
+    if bench_data:
+        d = derived(bench_data)
+        gw, px = d.get("gateway", {}), d.get("litellm-proxy", {})
+
+        def verdict(ok: bool | None) -> str:
+            return "-" if ok is None else ("met" if ok else "**not met**")
+
+        def n(x: dict[str, float | None], key: str) -> str:
+            return report.num(x.get(key), ".0f")
+
+        ratio = cpu_ratio = None
+        if gw.get("rps_per_core") and px.get("rps_per_core"):
+            ratio = gw["rps_per_core"] / px["rps_per_core"]
+        if gw.get("req_per_cpu_s") and px.get("req_per_cpu_s"):
+            cpu_ratio = gw["req_per_cpu_s"] / px["req_per_cpu_s"]
+        rows.append(
+            [
+                "non-streaming req/s per core >= 5x LiteLLM proxy",
+                f"{n(gw, 'rps_per_core')} vs {n(px, 'rps_per_core')} req/s ({report.num(ratio, '.1f')}x); "
+                f"per CPU-second {n(gw, 'req_per_cpu_s')} vs {n(px, 'req_per_cpu_s')} "
+                f"({report.num(cpu_ratio, '.1f')}x)",
+                verdict(None if ratio is None or cpu_ratio is None else min(ratio, cpu_ratio) >= 5),
+            ]
+        )
+        added = gw.get("added_p50_c1")
+        nosync = d.get("gateway-nosync", {})
+        rows.append(
+            [
+                "added p50 at 1 connection <= 2 ms over direct",
+                f"{report.signed_ms(added)} ms (with `synchronous_commit=off`: "
+                f"{report.signed_ms(nosync.get('added_p50_c1'))} ms; LiteLLM proxy: "
+                f"{report.signed_ms(px.get('added_p50_c1'))} ms)",
+                verdict(None if added is None else added <= 0.002),
+            ]
+        )
+        ttft = gw.get("added_ttft_c1")
+        ttft16 = gw.get("added_ttft_c16")
+        rows.append(
+            [
+                "added TTFT <= 2 ms (1 connection)",
+                f"{report.signed_ms(ttft)} ms (`synchronous_commit=off`: "
+                f"{report.signed_ms(nosync.get('added_ttft_c1'))} ms; "
+                f"16 connections: {report.signed_ms(ttft16)} ms; "
+                f"LiteLLM proxy: {report.signed_ms(px.get('added_ttft_c1'))} ms)",
+                verdict(None if ttft is None else ttft <= 0.002),
+            ]
+        )
+        chunk = gw.get("cpu_per_chunk")
+        rows.append(
+            [
+                "added CPU per chunk <= 0.05 ms",
+                f"{report.ms(chunk, 4)} ms (LiteLLM proxy: {report.ms(px.get('cpu_per_chunk'), 4)} ms)",
+                verdict(None if chunk is None else chunk <= 0.00005),
+            ]
+        )
+    if soak:
+        soak = summarize_soak(soak)
+        rows.append(
+            [
+                "memory flat in soak",
+                f"worker RSS {soak['rss_start'] / 2**20:.1f} -> {soak['rss_end'] / 2**20:.1f} MiB over "
+                f"{soak['seconds']:.0f} s; second half {soak['rss_second_half'] / 2**20:+.1f} MiB",
+                "met" if soak["flat"] else "**not met**",
+            ]
+        )
+        ok = stall_verdict(soak)
+        quiet = report.num(soak["max_stall_quiet_ms"], ".1f")
+        rows.append(
+            [
+                "no event-loop stall > 50 ms",
+                f"slowest `/health` probe {quiet} ms in the quiet windows "
+                f"({soak['max_stall_ms']:.1f} ms over all, some with other processes busy); "
+                f"`/health/system` lag max {soak['max_lag_ms']:.1f} ms",
+                "-" if ok is None else ("met" if ok else "**not met**"),
+            ]
+        )
+    else:
+        rows.append(["memory flat in soak", "no soak run yet (`make soak`)", "-"])
+        rows.append(["no event-loop stall > 50 ms", "no soak run yet (`make soak`)", "-"])
+    lines.append(report.table(["target", "measured (gateway)", "verdict"], rows))
+    lines.append("")
+    src = []
+    if bench_data:
+        src.append(f"benchmark of {bench_data['date']}")
+    if soak:
+        src.append(f"soak of {soak['date']}")
+    lines.append("From the " + " and the ".join(src) + " below.")
+    return "\n".join(lines)
+
+
+def render_existing(path: Path) -> int:
+    """Rewrite the generated sections of `path` from the data embedded in them (no measuring)."""
+    sections = report.read_sections(path.read_text()) if path.exists() else {}
+    bench_data = report.embedded(sections.get("bench"), "bench")
+    soak_data = report.embedded(sections.get("soak"), "soak")
+    updates = {"targets": render_targets(bench_data, soak_data)}
+    if bench_data:
+        updates["bench"] = render_bench(bench_data)
+    if soak_data:
+        updates["soak"] = render_soak(soak_data)
+    report.write(path, updates)
+    print(f"re-rendered {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--quick", action="store_true", help="~1 minute smoke run; prints, writes nothing unless --out"
+    )
+    ap.add_argument("--soak", type=float, metavar="SECONDS", help="soak the gateway for SECONDS")
+    ap.add_argument("--soak-conns", type=int, default=8)
+    ap.add_argument("--duration", type=float, default=10.0, help="measured seconds per scenario (default 10)")
+    ap.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per scenario (default 2)")
+    ap.add_argument("--skip-proxy", action="store_true", help="do not measure LiteLLM's proxy")
+    ap.add_argument("--out", type=Path, help="markdown file to update (default docs/PERFORMANCE.md)")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (configs and server logs)")
+    ap.add_argument(
+        "--render", action="store_true", help="only re-render the markdown from the data embedded in it"
+    )
+    ap.add_argument(
+        "--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+        help="wait up to SECONDS for other processes to go idle before starting",
+    )  # fmt: skip
+    args = ap.parse_args(argv)
+    if args.render:
+        return render_existing(args.out or report.DOC)
+    if (os.cpu_count() or 1) < 2:
+        print("this benchmark needs 2 cores (client on core 0, server on core 1)", file=sys.stderr)
+        return 2
+    if not shutil.which("taskset"):
+        print("taskset (util-linux) is required", file=sys.stderr)
+        return 2
+    os.sched_setaffinity(0, CLIENT_CPUS)  # the load generator; children are pinned explicitly
+    procs.install_signal_handlers()
+    try:
+        return run_soak(args) if args.soak else run_bench(args)
+    except KeyboardInterrupt:
+        code = 130
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    print("interrupted; everything this run started has been stopped", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
