@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
@@ -151,8 +152,6 @@ async def _respond(
 
 def _message_text(upstream: Any) -> str:
     if isinstance(upstream, DirectResponse):
-        import orjson
-
         choices = orjson.loads(upstream.body).get("choices") or []
         return "".join((c.get("message") or {}).get("content") or "" for c in choices)
     return "".join((c.message.content or "") for c in upstream.choices if getattr(c, "message", None))
