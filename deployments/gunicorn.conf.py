@@ -80,7 +80,10 @@ forwarded_allow_ips = _env("TRUSTED_PROXIES", "127.0.0.1")
 # --- logging -------------------------------------------------------------------------------
 loglevel = _env("LOG_LEVEL", "info").lower()
 errorlog = _env("GUNICORN_ERRORLOG", "-")
-_accesslog = _env("GUNICORN_ACCESSLOG", "-")
+# One JSON line per request at LOG_LEVEL=INFO or DEBUG (the default); at WARNING and above the
+# access log is off like every other informational line, unless GUNICORN_ACCESSLOG asks for it.
+_quiet = _env("LOG_LEVEL", "INFO").upper() in {"WARNING", "ERROR", "CRITICAL"}
+_accesslog = _env("GUNICORN_ACCESSLOG", "off" if _quiet else "-")
 accesslog = None if _accesslog.lower() in {"off", "none", "false", "0"} else _accesslog
 
 # Numbers are unquoted; every string atom is JSON-escaped by _JsonAtoms below.
