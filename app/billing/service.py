@@ -46,8 +46,8 @@ class BillingService:
         reservation_ttl: int,
         enabled: bool = True,
         default_max_output: int = 4096,
-        sweep_interval: float = 60.0,
-        replay_interval: float = 5.0,
+        sweep_interval_seconds: float = 60.0,
+        replay_interval_seconds: float = 5.0,
     ) -> None:
         self.store = store
         self.prices = prices
@@ -57,8 +57,8 @@ class BillingService:
         self._metrics = metrics
         self._ttl = reservation_ttl
         self._default_max_output = default_max_output
-        self._sweep_interval = sweep_interval
-        self._replay_interval = replay_interval
+        self._sweep_interval = sweep_interval_seconds
+        self._replay_interval = replay_interval_seconds
         self._tasks: set[asyncio.Task[object]] = set()
         self._loops: list[asyncio.Task[None]] = []
 
@@ -294,9 +294,9 @@ class BillingService:
         return count
 
     @staticmethod
-    async def _every(interval: float, job: Callable[[], Awaitable[int]]) -> None:
+    async def _every(interval_seconds: float, job: Callable[[], Awaitable[int]]) -> None:
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval_seconds)
             try:
                 await job()
             except Exception:
