@@ -165,6 +165,8 @@ async def _litellm_events(
         usage = getattr(chunk, "usage", None)
         if usage is not None and getattr(usage, "prompt_tokens", None) is not None:
             tally.usage = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}
+            if getattr(usage, "cost", None) is not None:
+                usage.cost = None  # LiteLLM's own estimate, not what the gateway charges
             if not any(_delta_text(c) for c in chunk.choices or []):
                 if not client_wants_usage:
                     continue  # asked upstream for billing; the client did not ask for it
