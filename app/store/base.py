@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 MONEY_PLACES = Decimal("0.00000001")
 # Token counts in billing_reserve are Postgres integers. Asking for more tokens than that is the
@@ -162,6 +162,29 @@ class Store(Protocol):
     async def audit(self) -> list[AuditRow]:
         """Accounts whose balance is not their ledger sum, or whose holds don't add up."""
         ...
+
+
+class Row(Protocol):
+    """A database row read by column name (asyncpg.Record, sqlite3.Row, a JSON object)."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+def to_decimal(value: object) -> Decimal:
+    """Exact Decimal from a NUMERIC read as Decimal, text or int (never via float)."""
+    return value if isinstance(value, Decimal) else Decimal(str(value))
+
+
+def user_from_row(row: Row) -> User:
+    """An account from a `users` row, whichever backend read it."""
+    return User(
+        id=row["id"],
+        balance=to_decimal(row["balance"]),
+        reserved=to_decimal(row["reserved"]),
+        rpm_limit=row["rpm_limit"],
+        rph_limit=row["rph_limit"],
+        tpm_limit=row["tpm_limit"],
+    )
 
 
 def money(value: Decimal | int | str) -> Decimal:

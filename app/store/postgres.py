@@ -20,6 +20,7 @@ from app.store.base import (
     User,
     UserNotFound,
     token_count,
+    user_from_row,
 )
 from app.store.migrations import apply_migrations
 
@@ -50,17 +51,6 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     Safe because nothing here leaves session state behind: every operation is one statement
     (a function call) outside an explicit transaction, with no SET, LISTEN or temp tables.
     """
-
-
-def _user(row: asyncpg.Record) -> User:
-    return User(
-        id=row["id"],
-        balance=row["balance"],
-        reserved=row["reserved"],
-        rpm_limit=row["rpm_limit"],
-        rph_limit=row["rph_limit"],
-        tpm_limit=row["tpm_limit"],
-    )
 
 
 class PostgresStore:
@@ -138,7 +128,7 @@ class PostgresStore:
 
     async def get_user(self, user_id: str) -> User | None:
         row = await self._row(f"select {_USER_COLUMNS} from users where id = $1", user_id)
-        return _user(row) if row else None
+        return user_from_row(row) if row else None
 
     async def set_user_limits(
         self, user_id: str, *, rpm: int | None, rph: int | None, tpm: int | None
@@ -153,7 +143,7 @@ class PostgresStore:
         )
         if row is None:
             raise UserNotFound(user_id)
-        return _user(row)
+        return user_from_row(row)
 
     async def create_api_key(self, *, user_id: str, key_id: str, key_hash: str, name: str | None) -> None:
         try:

@@ -29,55 +29,14 @@ from app.store.base import (
     User,
     UserNotFound,
     money,
+    to_decimal,
     token_count,
+    user_from_row,
 )
 
 T = TypeVar("T")
 
-_SCHEMA = """
-create table if not exists users (
-    id text primary key, balance text not null default '0', reserved text not null default '0',
-    rpm_limit integer, rph_limit integer, tpm_limit integer,
-    created_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')));
-create table if not exists api_keys (
-    id text primary key, user_id text not null references users (id),
-    key_hash text not null unique, name text, rpm_limit integer, tpm_limit integer,
-    created_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), revoked_at text);
-create table if not exists transactions (
-    id integer primary key autoincrement, user_id text not null references users (id),
-    amount text not null, kind text not null check (kind in ('credit', 'charge')),
-    description text not null, model text, request_id text, prompt_tokens integer,
-    completion_tokens integer, idempotency_key text,
-    created_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')));
-create index if not exists transactions_user_idx on transactions (user_id, id desc);
-create unique index if not exists transactions_charge_once
-    on transactions (request_id) where kind = 'charge';
-create unique index if not exists transactions_credit_once
-    on transactions (user_id, idempotency_key) where idempotency_key is not null;
-create table if not exists reservations (
-    request_id text primary key, user_id text not null references users (id),
-    amount text not null, expires_at real not null);
-create index if not exists reservations_expiry_idx on reservations (expires_at);
-create trigger if not exists transactions_no_update before update on transactions
-    begin select raise(abort, 'transactions are append-only'); end;
-create trigger if not exists transactions_no_delete before delete on transactions
-    begin select raise(abort, 'transactions are append-only'); end;
-"""
-
-
-def _dec(value: object) -> Decimal:
-    return Decimal(str(value))
-
-
-def _user(row: sqlite3.Row) -> User:
-    return User(
-        id=row["id"],
-        balance=_dec(row["balance"]),
-        reserved=_dec(row["reserved"]),
-        rpm_limit=row["rpm_limit"],
-        rph_limit=row["rph_limit"],
-        tpm_limit=row["tpm_limit"],
-    )
+_SCHEMA_FILE = Path(__file__).with_name("sqlite_schema.sql")
 
 
 class SqliteStore:
@@ -104,7 +63,7 @@ class SqliteStore:
         conn.execute("pragma synchronous=normal")
         conn.execute("pragma foreign_keys=on")
         conn.execute("pragma busy_timeout=30000")
-        conn.executescript(_SCHEMA)
+        conn.executescript(_SCHEMA_FILE.read_text(encoding="utf-8"))
         self._conn = conn
 
     async def close(self) -> None:
@@ -156,7 +115,7 @@ class SqliteStore:
         ).fetchone()
         if row is None:
             raise UserNotFound(user_id)
-        return _user(row)
+        return user_from_row(row)
 
     @staticmethod
     def _set_money(conn: sqlite3.Connection, user_id: str, balance: Decimal, reserved: Decimal) -> None:
@@ -198,7 +157,7 @@ class SqliteStore:
                 "select id, balance, reserved, rpm_limit, rph_limit, tpm_limit from users where id = ?",
                 (user_id,),
             ).fetchone()
-            return _user(row) if row else None
+            return user_from_row(row) if row else None
 
         return await self._call(q)
 
@@ -297,7 +256,7 @@ class SqliteStore:
             row = conn.execute("select balance, reserved from users where id = ?", (user_id,)).fetchone()
             if row is None:
                 return Reservation("no_account", None, Decimal(0), Decimal(0))
-            available = _dec(row["balance"]) - _dec(row["reserved"])
+            available = to_decimal(row["balance"]) - to_decimal(row["reserved"])
             if available <= 0 or available < prompt_cost:
                 return Reservation("insufficient", 0, Decimal(0), available)
             afford: int | None = None
@@ -321,7 +280,7 @@ class SqliteStore:
             )
             if cur.rowcount != 1:
                 return Reservation("duplicate", None, Decimal(0), available)
-            self._set_money(conn, user_id, _dec(row["balance"]), _dec(row["reserved"]) + hold)
+            self._set_money(conn, user_id, to_decimal(row["balance"]), to_decimal(row["reserved"]) + hold)
             return Reservation("ok", token_count(tokens), hold, available)
 
         return await self._call(self._tx(op))
@@ -335,7 +294,7 @@ class SqliteStore:
         if row is None:
             return Decimal(0)
         conn.execute("delete from reservations where request_id = ?", (request_id,))
-        return _dec(row["amount"])
+        return to_decimal(row["amount"])
 
     async def settle(
         self,
@@ -364,7 +323,7 @@ class SqliteStore:
                     "select amount from transactions where request_id = ? and kind = 'charge'",
                     (request_id,),
                 ).fetchone()
-                return Settlement("duplicate", -_dec(prior["amount"]), user.balance)
+                return Settlement("duplicate", -to_decimal(prior["amount"]), user.balance)
             balance = user.balance - charge
             self._set_money(conn, user_id, balance, user.reserved - hold)
             return Settlement("charged", charge, money(balance))
@@ -394,7 +353,7 @@ class SqliteStore:
             for row in rows:
                 conn.execute("delete from reservations where request_id = ?", (row["request_id"],))
                 user = self._locked_user(conn, row["user_id"])
-                self._set_money(conn, user.id, user.balance, user.reserved - _dec(row["amount"]))
+                self._set_money(conn, user.id, user.balance, user.reserved - to_decimal(row["amount"]))
             return len(rows)
 
         return await self._call(self._tx(op))
@@ -411,7 +370,7 @@ class SqliteStore:
             return [
                 Transaction(
                     id=str(r["id"]),
-                    amount=_dec(r["amount"]),
+                    amount=to_decimal(r["amount"]),
                     kind=r["kind"],
                     description=r["description"],
                     timestamp=datetime.fromisoformat(r["created_at"]).replace(tzinfo=UTC),
@@ -432,7 +391,7 @@ class SqliteStore:
             for u in self._conn.execute("select id, balance, reserved from users").fetchall():
                 ledger = sum(
                     (
-                        _dec(r[0])
+                        to_decimal(r[0])
                         for r in self._conn.execute(
                             "select amount from transactions where user_id = ?", (u["id"],)
                         )
@@ -441,14 +400,14 @@ class SqliteStore:
                 )
                 held = sum(
                     (
-                        _dec(r[0])
+                        to_decimal(r[0])
                         for r in self._conn.execute(
                             "select amount from reservations where user_id = ?", (u["id"],)
                         )
                     ),
                     Decimal(0),
                 )
-                balance, reserved = _dec(u["balance"]), _dec(u["reserved"])
+                balance, reserved = to_decimal(u["balance"]), to_decimal(u["reserved"])
                 if balance != ledger or reserved != held:
                     out.append(AuditRow(u["id"], balance, ledger, reserved, held))
             return out

@@ -21,7 +21,9 @@ from app.store.base import (
     Transaction,
     User,
     UserNotFound,
+    to_decimal,
     token_count,
+    user_from_row,
 )
 
 # supabase-py decodes responses with json.loads, which turns a numeric into a float. Casting
@@ -42,10 +44,6 @@ def _num(value: Decimal) -> str:
     return format(value, "f")
 
 
-def _dec(value: object) -> Decimal:
-    return Decimal(str(value))
-
-
 def _rows(data: object) -> list[dict[str, Any]]:
     if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
         raise StoreError("Supabase sent an unexpected response")
@@ -57,17 +55,6 @@ def _one(data: object) -> dict[str, Any]:
     if len(rows) != 1:
         raise StoreError(f"Supabase returned {len(rows)} rows where one was expected")
     return rows[0]
-
-
-def _user(row: dict[str, Any]) -> User:
-    return User(
-        id=row["id"],
-        balance=_dec(row["balance"]),
-        reserved=_dec(row["reserved"]),
-        rpm_limit=row["rpm_limit"],
-        rph_limit=row["rph_limit"],
-        tpm_limit=row["tpm_limit"],
-    )
 
 
 class SupabaseStore:
@@ -154,7 +141,7 @@ class SupabaseStore:
     async def get_user(self, user_id: str) -> User | None:
         query = self._db.table("users").select(_USER_COLUMNS).eq("id", user_id).limit(1)
         rows = _rows(await self._run(query))
-        return _user(rows[0]) if rows else None
+        return user_from_row(rows[0]) if rows else None
 
     async def set_user_limits(
         self, user_id: str, *, rpm: int | None, rph: int | None, tpm: int | None
@@ -168,7 +155,7 @@ class SupabaseStore:
         rows = _rows(await self._run(query))
         if not rows:
             raise UserNotFound(user_id)
-        return _user(rows[0])
+        return user_from_row(rows[0])
 
     async def create_api_key(self, *, user_id: str, key_id: str, key_hash: str, name: str | None) -> None:
         row = {"id": key_id, "user_id": user_id, "key_hash": key_hash, "name": name}
@@ -211,7 +198,7 @@ class SupabaseStore:
             "p_idempotency_key": idempotency_key,
         }
         row = _one(await self._rpc("billing_credit", params, "balance::text,applied"))
-        return _dec(row["balance"]), bool(row["applied"])
+        return to_decimal(row["balance"]), bool(row["applied"])
 
     async def reserve(
         self,
@@ -238,8 +225,8 @@ class SupabaseStore:
         return Reservation(
             status=row["status"],
             max_tokens=row["max_tokens"],
-            hold=_dec(row["hold"]),
-            available=_dec(row["available"]),
+            hold=to_decimal(row["hold"]),
+            available=to_decimal(row["available"]),
         )
 
     async def settle(
@@ -263,7 +250,9 @@ class SupabaseStore:
             "p_description": description,
         }
         row = _one(await self._rpc("billing_settle", params, "status,charged::text,balance::text"))
-        return Settlement(status=row["status"], charged=_dec(row["charged"]), balance=_dec(row["balance"]))
+        return Settlement(
+            status=row["status"], charged=to_decimal(row["charged"]), balance=to_decimal(row["balance"])
+        )
 
     async def release(self, *, user_id: str, request_id: str) -> bool:
         data = await self._rpc("billing_release", {"p_user": user_id, "p_request_id": request_id})
@@ -289,7 +278,7 @@ class SupabaseStore:
         return [
             Transaction(
                 id=str(r["id"]),
-                amount=_dec(r["amount"]),
+                amount=to_decimal(r["amount"]),
                 kind=r["kind"],
                 description=r["description"],
                 timestamp=datetime.fromisoformat(r["created_at"]),
@@ -306,10 +295,10 @@ class SupabaseStore:
         return [
             AuditRow(
                 user_id=r["user_id"],
-                balance=_dec(r["balance"]),
-                ledger_sum=_dec(r["ledger_sum"]),
-                reserved=_dec(r["reserved"]),
-                held_sum=_dec(r["held_sum"]),
+                balance=to_decimal(r["balance"]),
+                ledger_sum=to_decimal(r["ledger_sum"]),
+                reserved=to_decimal(r["reserved"]),
+                held_sum=to_decimal(r["held_sum"]),
             )
             for r in _rows(await self._rpc("billing_audit", {}, columns))
         ]

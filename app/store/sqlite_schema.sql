@@ -1,0 +1,28 @@
+-- The embedded store's schema: the same tables as the Postgres migrations, money as exact text.
+create table if not exists users (
+    id text primary key, balance text not null default '0', reserved text not null default '0',
+    rpm_limit integer, rph_limit integer, tpm_limit integer,
+    created_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')));
+create table if not exists api_keys (
+    id text primary key, user_id text not null references users (id),
+    key_hash text not null unique, name text, rpm_limit integer, tpm_limit integer,
+    created_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), revoked_at text);
+create table if not exists transactions (
+    id integer primary key autoincrement, user_id text not null references users (id),
+    amount text not null, kind text not null check (kind in ('credit', 'charge')),
+    description text not null, model text, request_id text, prompt_tokens integer,
+    completion_tokens integer, idempotency_key text,
+    created_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')));
+create index if not exists transactions_user_idx on transactions (user_id, id desc);
+create unique index if not exists transactions_charge_once
+    on transactions (request_id) where kind = 'charge';
+create unique index if not exists transactions_credit_once
+    on transactions (user_id, idempotency_key) where idempotency_key is not null;
+create table if not exists reservations (
+    request_id text primary key, user_id text not null references users (id),
+    amount text not null, expires_at real not null);
+create index if not exists reservations_expiry_idx on reservations (expires_at);
+create trigger if not exists transactions_no_update before update on transactions
+    begin select raise(abort, 'transactions are append-only'); end;
+create trigger if not exists transactions_no_delete before delete on transactions
+    begin select raise(abort, 'transactions are append-only'); end;
