@@ -76,6 +76,25 @@ class Settlement:
     balance: Decimal
 
 
+RequestStatus = Literal["held", "charged", "released"]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One call as billing saw it: held, then charged or released."""
+
+    request_id: str
+    status: RequestStatus
+    model: str | None
+    deployment: str | None
+    hold: Decimal
+    cost: Decimal | None
+    uncollected: Decimal
+    usage: dict[str, Any] | None
+    created: datetime
+    settled: datetime | None
+
+
 @dataclass(frozen=True, slots=True)
 class Transaction:
     id: str
@@ -139,6 +158,7 @@ class Store(Protocol):
         max_tokens: int | None,
         model_max_output: int | None,
         ttl_seconds: int,
+        model: str | None = None,
     ) -> Reservation: ...
 
     async def settle(
@@ -151,6 +171,8 @@ class Store(Protocol):
         prompt_tokens: int,
         completion_tokens: int,
         description: str,
+        deployment: str | None = None,
+        usage: dict[str, Any] | None = None,
     ) -> Settlement: ...
 
     async def release(self, *, user_id: str, request_id: str) -> bool: ...
@@ -158,6 +180,10 @@ class Store(Protocol):
     async def sweep_expired(self) -> int: ...
 
     async def transactions(self, user_id: str, *, limit: int, offset: int) -> list[Transaction]: ...
+
+    async def get_request(self, user_id: str, request_id: str) -> RequestRecord | None:
+        """The record of one of the user's calls; None if it is not theirs or unknown."""
+        ...
 
     async def audit(self) -> list[AuditRow]:
         """Accounts whose balance is not their ledger sum, or whose holds don't add up."""
@@ -190,3 +216,20 @@ def user_from_row(row: Row) -> User:
 def money(value: Decimal | int | str) -> Decimal:
     """Quantize to the ledger's 8 decimal places, half away from zero as Postgres rounds."""
     return Decimal(value).quantize(MONEY_PLACES, rounding=ROUND_HALF_UP)
+
+
+def request_from_row(row: Row, usage: dict[str, Any] | None) -> RequestRecord:
+    """A call record from a `requests` row (timestamps already parsed by the backend)."""
+    cost = row["cost"]
+    return RequestRecord(
+        request_id=row["request_id"],
+        status=row["status"],
+        model=row["model"],
+        deployment=row["deployment"],
+        hold=to_decimal(row["hold"]),
+        cost=None if cost is None else to_decimal(cost),
+        uncollected=to_decimal(row["uncollected"]),
+        usage=usage,
+        created=row["created_at"],
+        settled=row["settled_at"],
+    )

@@ -8,17 +8,20 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
+import orjson
 
 from app.store.base import (
     ApiKey,
     AuditRow,
     BalanceConflict,
+    RequestRecord,
     Reservation,
     Settlement,
     StoreError,
     Transaction,
     User,
     UserNotFound,
+    request_from_row,
     token_count,
     user_from_row,
 )
@@ -212,9 +215,10 @@ class PostgresStore:
         max_tokens: int | None,
         model_max_output: int | None,
         ttl_seconds: int,
+        model: str | None = None,
     ) -> Reservation:
         row = await self._row(
-            "select * from billing_reserve($1, $2, $3, $4, $5, $6, $7)",
+            "select * from billing_reserve($1, $2, $3, $4, $5, $6, $7, $8)",
             user_id,
             request_id,
             prompt_cost,
@@ -222,6 +226,7 @@ class PostgresStore:
             token_count(max_tokens),
             token_count(model_max_output),
             ttl_seconds,
+            model,
         )
         assert row is not None
         return Reservation(
@@ -241,9 +246,11 @@ class PostgresStore:
         prompt_tokens: int,
         completion_tokens: int,
         description: str,
+        deployment: str | None = None,
+        usage: dict[str, Any] | None = None,
     ) -> Settlement:
         row = await self._row(
-            "select * from billing_settle($1, $2, $3, $4, $5, $6, $7)",
+            "select * from billing_settle($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)",
             user_id,
             request_id,
             cost,
@@ -251,6 +258,8 @@ class PostgresStore:
             prompt_tokens,
             completion_tokens,
             description,
+            deployment,
+            None if usage is None else orjson.dumps(usage).decode(),
         )
         assert row is not None
         return Settlement(status=row["status"], charged=row["charged"], balance=row["balance"])
@@ -290,6 +299,12 @@ class PostgresStore:
             )
             for r in rows
         ]
+
+    async def get_request(self, user_id: str, request_id: str) -> RequestRecord | None:
+        row = await self._row("select * from billing_request($1, $2)", user_id, request_id)
+        if row is None:
+            return None
+        return request_from_row(row, None if row["usage"] is None else orjson.loads(row["usage"]))
 
     async def audit(self) -> list[AuditRow]:
         rows = await self._run(lambda c: c.fetch("select * from billing_audit()"))

@@ -15,13 +15,16 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import orjson
 
 from app.store.base import (
     MONEY_PLACES,
     ApiKey,
     AuditRow,
     BalanceConflict,
+    RequestRecord,
     Reservation,
     Settlement,
     StoreError,
@@ -29,12 +32,22 @@ from app.store.base import (
     User,
     UserNotFound,
     money,
+    request_from_row,
     to_decimal,
     token_count,
     user_from_row,
 )
 
 T = TypeVar("T")
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.removesuffix("Z")).replace(tzinfo=UTC)
+
 
 _SCHEMA_FILE = Path(__file__).with_name("sqlite_schema.sql")
 
@@ -249,6 +262,7 @@ class SqliteStore:
         max_tokens: int | None,
         model_max_output: int | None,
         ttl_seconds: int,
+        model: str | None = None,
     ) -> Reservation:
         max_tokens, model_max_output = token_count(max_tokens), token_count(model_max_output)
 
@@ -280,6 +294,11 @@ class SqliteStore:
             )
             if cur.rowcount != 1:
                 return Reservation("duplicate", None, Decimal(0), available)
+            conn.execute(
+                "insert or ignore into requests (request_id, user_id, model, status, hold)"
+                " values (?, ?, ?, 'held', ?)",
+                (request_id, user_id, model, str(hold)),
+            )
             self._set_money(conn, user_id, to_decimal(row["balance"]), to_decimal(row["reserved"]) + hold)
             return Reservation("ok", token_count(tokens), hold, available)
 
@@ -306,16 +325,22 @@ class SqliteStore:
         prompt_tokens: int,
         completion_tokens: int,
         description: str,
+        deployment: str | None = None,
+        usage: dict[str, Any] | None = None,
     ) -> Settlement:
+        usage_text = None if usage is None else orjson.dumps(usage).decode()
+
         def op(conn: sqlite3.Connection) -> Settlement:
             hold = self._take_hold(conn, user_id, request_id)
             user = self._locked_user(conn, user_id)
-            charge = max(min(money(cost), user.balance - (user.reserved - hold)), Decimal(0))
+            full = money(cost)
+            charge = max(min(full, user.balance - (user.reserved - hold)), Decimal(0))
+            text = description if charge >= full else f"{description} (uncollected {full - charge})"
             cur = conn.execute(
                 "insert or ignore into transactions (user_id, amount, kind, description, model,"
                 " request_id, prompt_tokens, completion_tokens)"
                 " values (?, ?, 'charge', ?, ?, ?, ?, ?)",
-                (user_id, str(-charge), description, model, request_id, prompt_tokens, completion_tokens),
+                (user_id, str(-charge), text, model, request_id, prompt_tokens, completion_tokens),
             )
             if cur.rowcount != 1:
                 self._set_money(conn, user_id, user.balance, user.reserved - hold)
@@ -326,6 +351,25 @@ class SqliteStore:
                 return Settlement("duplicate", -to_decimal(prior["amount"]), user.balance)
             balance = user.balance - charge
             self._set_money(conn, user_id, balance, user.reserved - hold)
+            conn.execute(
+                "insert into requests (request_id, user_id, model, deployment, status, hold, cost,"
+                " uncollected, usage, settled_at) values (?, ?, ?, ?, 'charged', ?, ?, ?, ?, ?)"
+                " on conflict (request_id) do update set status = 'charged',"
+                " deployment = excluded.deployment, cost = excluded.cost,"
+                " uncollected = excluded.uncollected, usage = excluded.usage,"
+                " settled_at = excluded.settled_at, model = coalesce(requests.model, excluded.model)",
+                (
+                    request_id,
+                    user_id,
+                    model,
+                    deployment,
+                    str(hold),
+                    str(charge),
+                    str(full - charge),
+                    usage_text,
+                    _now(),
+                ),
+            )
             return Settlement("charged", charge, money(balance))
 
         return await self._call(self._tx(op))
@@ -341,9 +385,18 @@ class SqliteStore:
             hold = self._take_hold(conn, user_id, request_id)
             user = self._locked_user(conn, user_id)
             self._set_money(conn, user_id, user.balance, user.reserved - hold)
+            self._mark_released(conn, request_id)
             return True
 
         return await self._call(self._tx(op))
+
+    @staticmethod
+    def _mark_released(conn: sqlite3.Connection, request_id: str) -> None:
+        conn.execute(
+            "update requests set status = 'released', settled_at = ?"
+            " where request_id = ? and status = 'held'",
+            (_now(), request_id),
+        )
 
     async def sweep_expired(self) -> int:
         def op(conn: sqlite3.Connection) -> int:
@@ -352,6 +405,7 @@ class SqliteStore:
             ).fetchall()
             for row in rows:
                 conn.execute("delete from reservations where request_id = ?", (row["request_id"],))
+                self._mark_released(conn, row["request_id"])
                 user = self._locked_user(conn, row["user_id"])
                 self._set_money(conn, user.id, user.balance, user.reserved - to_decimal(row["amount"]))
             return len(rows)
@@ -381,6 +435,21 @@ class SqliteStore:
                 )
                 for r in rows
             ]
+
+        return await self._call(q)
+
+    async def get_request(self, user_id: str, request_id: str) -> RequestRecord | None:
+        def q() -> RequestRecord | None:
+            assert self._conn is not None
+            r = self._conn.execute(
+                "select * from requests where request_id = ? and user_id = ?", (request_id, user_id)
+            ).fetchone()
+            if r is None:
+                return None
+            row = dict(r)
+            row["created_at"] = _parse_time(row["created_at"])
+            row["settled_at"] = row["settled_at"] and _parse_time(row["settled_at"])
+            return request_from_row(row, None if row["usage"] is None else orjson.loads(row["usage"]))
 
         return await self._call(q)
 

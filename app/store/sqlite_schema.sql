@@ -22,6 +22,12 @@ create table if not exists reservations (
     request_id text primary key, user_id text not null references users (id),
     amount text not null, expires_at real not null);
 create index if not exists reservations_expiry_idx on reservations (expires_at);
+create table if not exists requests (
+    request_id text primary key, user_id text not null references users (id), model text,
+    deployment text, status text not null check (status in ('held', 'charged', 'released')),
+    hold text not null default '0', cost text, uncollected text not null default '0', usage text,
+    created_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), settled_at text);
+create index if not exists requests_user_idx on requests (user_id, created_at desc);
 create trigger if not exists transactions_no_update before update on transactions
     begin select raise(abort, 'transactions are append-only'); end;
 create trigger if not exists transactions_no_delete before delete on transactions

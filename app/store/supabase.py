@@ -15,12 +15,14 @@ from app.store.base import (
     ApiKey,
     AuditRow,
     BalanceConflict,
+    RequestRecord,
     Reservation,
     Settlement,
     StoreError,
     Transaction,
     User,
     UserNotFound,
+    request_from_row,
     to_decimal,
     token_count,
     user_from_row,
@@ -210,6 +212,7 @@ class SupabaseStore:
         max_tokens: int | None,
         model_max_output: int | None,
         ttl_seconds: int,
+        model: str | None = None,
     ) -> Reservation:
         params = {
             "p_user": user_id,
@@ -219,6 +222,7 @@ class SupabaseStore:
             "p_max_tokens": token_count(max_tokens),
             "p_model_max_output": token_count(model_max_output),
             "p_ttl_seconds": ttl_seconds,
+            "p_model": model,
         }
         columns = "status,max_tokens,hold::text,available::text"
         row = _one(await self._rpc("billing_reserve", params, columns))
@@ -239,6 +243,8 @@ class SupabaseStore:
         prompt_tokens: int,
         completion_tokens: int,
         description: str,
+        deployment: str | None = None,
+        usage: dict[str, Any] | None = None,
     ) -> Settlement:
         params = {
             "p_user": user_id,
@@ -248,6 +254,8 @@ class SupabaseStore:
             "p_prompt_tokens": prompt_tokens,
             "p_completion_tokens": completion_tokens,
             "p_description": description,
+            "p_deployment": deployment,
+            "p_usage": usage,
         }
         row = _one(await self._rpc("billing_settle", params, "status,charged::text,balance::text"))
         return Settlement(
@@ -289,6 +297,21 @@ class SupabaseStore:
             )
             for r in _rows(await self._run(query))
         ]
+
+    async def get_request(self, user_id: str, request_id: str) -> RequestRecord | None:
+        columns = (
+            "request_id,status,model,deployment,hold::text,cost::text,uncollected::text,usage,"
+            "created_at,settled_at"
+        )
+        params = {"p_user": user_id, "p_request_id": request_id}
+        rows = _rows(await self._rpc("billing_request", params, columns))
+        if not rows:
+            return None
+        row = dict(rows[0])
+        row["created_at"] = datetime.fromisoformat(row["created_at"])
+        row["settled_at"] = row["settled_at"] and datetime.fromisoformat(row["settled_at"])
+        usage = row["usage"]
+        return request_from_row(row, usage if isinstance(usage, dict) else None)
 
     async def audit(self) -> list[AuditRow]:
         columns = "user_id,balance::text,ledger_sum::text,reserved::text,held_sum::text"

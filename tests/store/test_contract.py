@@ -563,3 +563,76 @@ async def test_many_concurrent_calls_never_overdraw_and_the_books_balance(backen
     assert len(charges) == len(charged)
     assert sorted(-t.amount for t in charges) == sorted(charged)
     assert balance == sum(t.amount for t in ledger)
+
+
+# -- the record of each call -----------------------------------------------------------------
+
+
+async def test_a_call_record_follows_its_hold_and_its_charge(backend: Backend) -> None:
+    store, uid, rid = backend.store, _uid(), _rid()
+    await store.ensure_user(uid, Decimal(10))
+    await store.reserve(
+        user_id=uid,
+        request_id=rid,
+        prompt_cost=Decimal("0.001"),
+        output_price=Decimal("0.0001"),
+        max_tokens=10,
+        model_max_output=None,
+        ttl_seconds=60,
+        model="gpt-test",
+    )
+    held = await store.get_request(uid, rid)
+    assert held is not None
+    assert (held.status, held.model, held.hold, held.cost, held.settled) == (
+        "held",
+        "gpt-test",
+        Decimal("0.002"),
+        None,
+        None,
+    )
+    usage = {"prompt_tokens": 10, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 2}}
+    await store.settle(
+        user_id=uid,
+        request_id=rid,
+        cost=Decimal("0.0013"),
+        model="gpt-test",
+        prompt_tokens=10,
+        completion_tokens=3,
+        description="charge",
+        deployment="gpt-test#0",
+        usage=usage,
+    )
+    done = await store.get_request(uid, rid)
+    assert done is not None
+    assert (done.status, done.deployment, done.cost, done.uncollected, done.usage) == (
+        "charged",
+        "gpt-test#0",
+        Decimal("0.0013"),
+        Decimal(0),
+        usage,
+    )
+    assert done.settled is not None and done.settled >= done.created
+    # Only its own user sees it.
+    assert await store.get_request(_uid(), rid) is None
+    assert await store.get_request(uid, _rid()) is None
+
+
+async def test_a_released_call_is_recorded_as_released(backend: Backend) -> None:
+    store, uid, rid = backend.store, _uid(), _rid()
+    await store.ensure_user(uid, Decimal(10))
+    await _reserve(store, uid, request_id=rid, max_tokens=10)
+    assert await store.release(user_id=uid, request_id=rid)
+    record = await store.get_request(uid, rid)
+    assert record is not None and (record.status, record.cost) == ("released", None)
+
+
+async def test_what_a_charge_could_not_collect_is_written_down(backend: Backend) -> None:
+    store, uid, rid = backend.store, _uid(), _rid()
+    await store.ensure_user(uid, Decimal(1))
+    await _reserve(store, uid, request_id=rid, prompt_cost="0.1", output_price="0.001", max_tokens=10)
+    s = await _settle(store, uid, rid, "1.25")
+    assert (s.charged, s.balance) == (Decimal(1), Decimal(0))
+    record = await store.get_request(uid, rid)
+    assert record is not None and (record.cost, record.uncollected) == (Decimal(1), Decimal("0.25"))
+    [charge] = [t for t in await store.transactions(uid, limit=10, offset=0) if t.kind == "charge"]
+    assert "uncollected 0.25" in charge.description
