@@ -132,7 +132,9 @@ except Exception:  # pragma: no cover - stdlib fallback
 # --------------------------------------------------------------------------
 
 _INT_DIRECTIVES = ("fail", "slow", "chunks", "chunkdelay", "drop", "ctx",
-                   "failfirst", "retryafter")
+                   "failfirst", "retryafter", "reasoning", "cached", "cachewrite",
+                   "cacheread")
+_FLAG_DIRECTIVES = ("nousage", "spaced", "toolstream")
 _parse_cache: dict[str, dict] = {}
 
 
@@ -145,11 +147,12 @@ def parse_model(model) -> dict:
         return d
     d = {"chunks": DEFAULT_CHUNKS, "chunkdelay": 0, "slow": 0, "fail": None,
          "drop": None, "ctx": None, "failfirst": 0, "retryafter": None,
-         "nousage": False}
+         "nousage": False, "spaced": False, "toolstream": False, "reasoning": None,
+         "cached": None, "cachewrite": None, "cacheread": None}
     for part in model.split("+")[1:] if "+" in model else ():
         part = part.strip().lower()
-        if part == "nousage":
-            d["nousage"] = True
+        if part in _FLAG_DIRECTIVES:
+            d[part] = True
             continue
         name, sep, val = part.rpartition("-")
         if sep and name in _INT_DIRECTIVES:
@@ -240,14 +243,25 @@ _ERR_TYPES = {
 }
 
 
-def error_body(status: int, message=None, type_=None, code=None, param=None) -> bytes:
+def _spaced_dumps(obj) -> bytes:
+    """json.dumps default separators (``", "`` and ``": "``), for ``spaced``."""
+    return json.dumps(obj).encode()
+
+
+def dumps_for(d) -> "callable":
+    """The JSON encoder a request's directives ask for (compact or ``spaced``)."""
+    return _spaced_dumps if d is not None and d.get("spaced") else _dumps
+
+
+def error_body(status: int, message=None, type_=None, code=None, param=None,
+               spaced=False) -> bytes:
     t, c, m = _ERR_TYPES.get(
         status,
         ("server_error", None,
          "The server had an error while processing your request. Sorry about that!")
         if status >= 500 else ("invalid_request_error", None, "Error %d (fake provider)." % status),
     )
-    return _dumps({"error": {"message": message or m, "type": type_ or t,
+    return (_spaced_dumps if spaced else _dumps)({"error": {"message": message or m, "type": type_ or t,
                              "param": param, "code": code if code is not None else c}})
 
 
@@ -269,6 +283,29 @@ def embedding_vector(text: str, dim: int = EMBED_DIM) -> list[float]:
 # Server
 # --------------------------------------------------------------------------
 
+class ProtocolContext:
+    """What ``build_app`` hands to each ``tests/fake_protocols/<name>.py`` module's
+    ``register(app, ctx)``: the shared recording, gates and helpers."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+_PROTOCOLS = ("responses", "anthropic", "completions", "media", "moderations", "rerank")
+
+
+def _protocol_modules():
+    import importlib
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    if __package__:
+        pkg = __package__ + ".fake_protocols"
+    else:  # run as a script: tests/ is sys.path[0]
+        if here not in sys.path:
+            sys.path.insert(0, here)
+        pkg = "fake_protocols"
+    return [importlib.import_module(pkg + "." + name) for name in _PROTOCOLS]
+
 def build_app(record_limit: int | None = None):
     from aiohttp import web
 
@@ -281,7 +318,8 @@ def build_app(record_limit: int | None = None):
         headers = None
         if d is not None and d.get("retryafter") is not None:
             headers = {"retry-after": str(d["retryafter"])}
-        return web.Response(status=status, body=error_body(status, **kw),
+        spaced = d is not None and d.get("spaced")
+        return web.Response(status=status, body=error_body(status, spaced=spaced, **kw),
                             content_type=JSON_CT, headers=headers)
 
     async def read_json(request):
@@ -298,8 +336,13 @@ def build_app(record_limit: int | None = None):
                         request.headers.get("Authorization"),
                         tuple(request.headers.items())))
 
-    async def common_gate(request, body, d, stream):
-        """slow / failfirst / fail. Returns a Response to send, or None."""
+    async def common_gate(request, body, d, stream, errf=None):
+        """slow / failfirst / fail. Returns a Response to send, or None.
+
+        ``errf(status, d, message=...)`` builds the error response (default: OpenAI's
+        shape; the Anthropic handlers pass their own)."""
+        if errf is None:
+            errf = err
         if d["slow"]:
             await asyncio.sleep(d["slow"] / 1000.0)
         ff = d["failfirst"]
@@ -308,9 +351,9 @@ def build_app(record_limit: int | None = None):
             c = counters.get(model, 0) + 1
             counters[model] = c
             if c <= ff:
-                return err(500, d, message="Fake failure %d of first %d." % (c, ff))
+                return errf(500, d, message="Fake failure %d of first %d." % (c, ff))
         if d["fail"] is not None:
-            return err(d["fail"], d)
+            return errf(d["fail"], d)
         return None
 
     def abort(request):
@@ -376,9 +419,22 @@ def build_app(record_limit: int | None = None):
             top_lp = 0
 
         completion_tokens = g * n_choices
+        if d["reasoning"] is not None:
+            completion_tokens += max(d["reasoning"], 0)
         usage = None if d["nousage"] else {
             "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
+        if usage is not None:
+            if d["cached"] is not None:
+                usage["prompt_tokens_details"] = {
+                    "cached_tokens": min(max(d["cached"], 0), prompt_tokens), "audio_tokens": 0}
+            if d["reasoning"] is not None:
+                usage["completion_tokens_details"] = {
+                    "reasoning_tokens": max(d["reasoning"], 0), "audio_tokens": 0,
+                    "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}
+        dumps = dumps_for(d)
+        # toolstream: arguments {"text": "tok0 ... "} streamed as g fragments
+        arg_pieces, tool_args = _pieces(g, True) if d["toolstream"] and g else (("{}",), "{}")
         num = next(seq)
         cid = "chatcmpl-fake%016x" % num
         created = int(time.time())
@@ -392,7 +448,7 @@ def build_app(record_limit: int | None = None):
                 if tool_name is not None:
                     msg = {"role": "assistant", "content": None, "tool_calls": [{
                         "id": "call_fake%x_%d" % (num, i), "type": "function",
-                        "function": {"name": tool_name, "arguments": "{}"}}],
+                        "function": {"name": tool_name, "arguments": tool_args}}],
                         "refusal": None, "annotations": []}
                 else:
                     msg = {"role": "assistant", "content": content, "refusal": None,
@@ -407,7 +463,7 @@ def build_app(record_limit: int | None = None):
                    "choices": choices, "system_fingerprint": SYSTEM_FINGERPRINT}
             if usage is not None:
                 obj["usage"] = usage
-            return web.Response(body=_dumps(obj), content_type=JSON_CT,
+            return web.Response(body=dumps(obj), content_type=JSON_CT,
                                 headers={"x-request-id": "req_fake%x" % num})
 
         # ---------------- streaming ----------------
@@ -425,7 +481,7 @@ def build_app(record_limit: int | None = None):
 
         def chunk(choices):
             base["choices"] = choices
-            return b"data: " + _dumps(base) + b"\n\n"
+            return b"data: " + dumps(base) + b"\n\n"
 
         write = resp.write
         delay = d["chunkdelay"] / 1000.0
@@ -449,10 +505,11 @@ def build_app(record_limit: int | None = None):
                         "index": 0, "id": "call_fake%x_%d" % (num, i), "type": "function",
                         "function": {"name": tool_name, "arguments": ""}}],
                     "refusal": None}, "logprobs": None, "finish_reason": None}]))
-            for i in range(n_choices):
-                await content_chunk(chunk([{"index": i, "delta": {"tool_calls": [{
-                    "index": 0, "function": {"arguments": "{}"}}]},
-                    "logprobs": None, "finish_reason": None}]))
+            for frag in arg_pieces:
+                for i in range(n_choices):
+                    await content_chunk(chunk([{"index": i, "delta": {"tool_calls": [{
+                        "index": 0, "function": {"arguments": frag}}]},
+                        "logprobs": None, "finish_reason": None}]))
         else:
             for i in range(n_choices):
                 await write(chunk([{"index": i, "delta": {"role": "assistant", "content": "",
@@ -474,7 +531,7 @@ def build_app(record_limit: int | None = None):
         if include_usage:
             base["choices"] = []
             base["usage"] = usage
-            await write(b"data: " + _dumps(base) + b"\n\n")
+            await write(b"data: " + dumps(base) + b"\n\n")
         await write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
@@ -533,7 +590,7 @@ def build_app(record_limit: int | None = None):
         obj = {"object": "list", "data": data, "model": model}
         if not d["nousage"]:
             obj["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
-        return web.Response(body=_dumps(obj), content_type=JSON_CT)
+        return web.Response(body=dumps_for(d)(obj), content_type=JSON_CT)
 
     _MODELS = ["fake", "fake-embedding"]
 
@@ -584,6 +641,14 @@ def build_app(record_limit: int | None = None):
     app.router.add_delete("/_requests", clear_requests)
     app.router.add_delete("/_state", clear_state)
     app.router.add_get("/_health", health)
+    ctx = ProtocolContext(
+        web=web, record=record, read_json=read_json, common_gate=common_gate, err=err,
+        abort=abort, next_id=lambda: next(seq), parse_model=parse_model,
+        dumps_for=dumps_for, loads=_loads, count_words=_count_words,
+        count_prompt_tokens=count_prompt_tokens, pieces=_pieces,
+        system_fingerprint=SYSTEM_FINGERPRINT)
+    for mod in _protocol_modules():
+        mod.register(app, ctx)
     app.router.add_route("*", "/v1/{tail:.*}", not_found)
     return app
 
