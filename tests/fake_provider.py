@@ -1,7 +1,9 @@
-"""Fast local fake OpenAI-compatible LLM provider for tests and benchmarks.
+"""Fast local fake LLM provider (OpenAI, Anthropic, Cohere rerank) for tests and benchmarks.
 
-Only LLM providers are faked in this project, so this server speaks the real
-OpenAI wire format (JSON bodies, SSE streams, error bodies, status codes).
+Only LLM providers are faked in this project, so this server speaks their real
+wire formats (JSON bodies, SSE streams, error bodies, status codes).  The chat,
+embeddings and model endpoints live here; the other protocols live in
+``tests/fake_protocols/`` (one module each, registered from ``build_app``).
 
 Run it standalone::
 
@@ -21,11 +23,19 @@ once it is listening.  From pytest / benchmark code use the stdlib-only helper::
 Endpoints
 ---------
 ``POST /v1/chat/completions`` (JSON and SSE), ``POST /v1/embeddings``,
-``GET /v1/models``, ``GET /v1/models/{id}``; control endpoints
+``GET /v1/models``, ``GET /v1/models/{id}``, plus (see "Other protocols"
+below) ``POST /v1/responses``, ``POST /v1/messages`` (also ``?beta=true``),
+``POST /v1/messages/count_tokens``, ``POST /v1/completions``,
+``POST /v1/images/generations``, ``POST /v1/audio/transcriptions`` and
+``/v1/audio/translations``, ``POST /v1/audio/speech``, ``POST /v1/moderations``,
+``POST /v1/rerank`` and ``POST /v2/rerank`` (Cohere); control endpoints
 ``GET /_requests`` (every /v1 request in arrival order, as
 ``{"path", "model", "body", "authorization", "headers"}``; header names are
 lower-case; ``body`` is the parsed JSON or null), ``DELETE /_requests``,
-``DELETE /_state`` (also resets failfirst counters), ``GET /_health``.
+``DELETE /_state`` (also resets failfirst counters), ``GET /_health``,
+``GET /_files/img/<hex>.png`` (the PNGs handed out as image URLs; not recorded).
+Multipart requests (transcriptions) are recorded with ``body`` = the form
+fields, the file as ``{"filename", "content_type", "size"}``.
 Recording keeps the last ``--record-limit`` requests (default 100000, 0 means
 unlimited) so long load tests stay bounded in memory.
 Unknown /v1 paths answer 404 with an OpenAI error body.
@@ -53,6 +63,35 @@ The first part is a free name (``fake``); unknown parts are ignored, so
   400 ``context_length_exceeded`` ("maximum context length ...").
 * ``failfirst-<k>``   the first k requests with this exact model string get a
   500; later ones succeed (per-process counter, reset by DELETE /_state).
+* ``spaced``          every JSON body and SSE data line is written with
+  ``json.dumps`` default separators (``", "``, ``": "``), e.g. the usage
+  chunk reads ``"usage": {"prompt_tokens": 7, ...``; default is compact.
+* ``reasoning-<n>``   chat: ``completion_tokens_details.reasoning_tokens = n``
+  and completion_tokens includes those n (visible text unchanged; n is added
+  once, not per choice).  Responses: ``output_tokens_details.reasoning_tokens
+  = n`` included in output_tokens, plus a ``reasoning`` output item.
+* ``cached-<n>``      chat: ``prompt_tokens_details.cached_tokens =
+  min(n, prompt_tokens)``; Responses: ``input_tokens_details.cached_tokens``.
+  (Without these two directives chat usage has no ``*_details`` keys.)
+* ``toolstream``      tool calls get arguments ``{"text": "tok0 tok1 ... "}``
+  (the json-mode text) instead of ``{}``, streamed as g argument fragments
+  (one chunk/event each, so chunkdelay and drop-k apply).  Chat, Responses
+  and Anthropic.
+* ``cachewrite-<n>`` / ``cacheread-<n>``  Anthropic: usage
+  ``cache_creation_input_tokens = n`` / ``cache_read_input_tokens = n``,
+  reported besides (not subtracted from) ``input_tokens``, as Anthropic does:
+  total input = input_tokens + cache_creation + cache_read.
+
+Directives apply to every endpoint where they make sense: fail / retryafter /
+slow / failfirst everywhere; chunks = number of generated tokens (text
+tokens, transcript words, image output tokens); chunkdelay and drop-k on
+every stream (drop-k: abort the TCP connection after k content events - chat
+chunks, ``response.output_text.delta`` / ``function_call_arguments.delta``,
+Anthropic ``content_block_delta`` - never sending the terminal event; on
+non-streaming requests drop aborts without a response); nousage removes usage
+everywhere (Responses ``usage: null``, Anthropic no ``usage`` key, images no
+``usage``, transcriptions no ``usage``, rerank no ``meta.billed_units``); ctx
+on chat, embeddings, completions, Responses and Anthropic.
 
 Order of evaluation: record request -> slow -> failfirst -> fail -> ctx ->
 drop (non-streaming) -> answer.
@@ -83,11 +122,104 @@ choice is one tool call to the first tool (or the tool named by
 ``logprobs: true`` yields a logprobs object (token k has logprob
 ``-0.01*(k+1)``; ``top_logprobs`` alternatives ``"alt<j>"``).
 
+Chat streaming: a role chunk, one chunk per token per choice, a finish chunk
+per choice, then - only when ``stream_options.include_usage`` is true and not
+``nousage`` - a usage chunk with ``choices: []`` (earlier chunks then carry
+``"usage": null``), then ``data: [DONE]``.
+
 Embeddings: each input (string, list of strings, token array, list of token
 arrays) -> 8 floats (or ``dimensions``) derived from blake2b of the text
 (token arrays are joined by spaces), float32-exact so float and base64
 (little-endian float32) encodings agree.  prompt_tokens = words per string
 input, or the token-array length.
+
+Other protocols (tests/fake_protocols/)
+---------------------------------------
+Generated text is always the token list above ("tok0 tok1 ... ", g tokens).
+
+* ``POST /v1/responses`` (responses.py) - OpenAI Responses API.
+  input_tokens = 1 + words per ``input`` item (a string input is one item;
+  words from ``content`` string/parts' ``text``, or ``output`` of
+  function_call_output items) + (1 + words) for ``instructions``.
+  output_tokens = g (+ reasoning); g capped by ``max_output_tokens`` ->
+  ``status: "incomplete"``, ``incomplete_details.reason: "max_output_tokens"``
+  (the fake does not enforce OpenAI's minimum of 16).  ``usage`` =
+  {input_tokens, input_tokens_details.cached_tokens, output_tokens,
+  output_tokens_details.reasoning_tokens, total_tokens}.  Output: a
+  ``message`` item with one ``output_text`` part; ``text.format`` json_schema /
+  json_object -> JSON text ``{"text": "..."}``; with function ``tools`` and
+  tool_choice not "none": one ``function_call`` item (first function tool or
+  tool_choice's name, arguments ``{}``) instead.  SSE (``stream: true``):
+  ``event: <type>\ndata: {"type": <type>, "sequence_number": i, ...}\n\n`` for
+  response.created, response.in_progress, [reasoning output_item.added/done],
+  response.output_item.added, response.content_part.added,
+  response.output_text.delta x g, response.output_text.done,
+  response.content_part.done, response.output_item.done, response.completed
+  (``response.incomplete`` when capped) carrying the full response with usage.
+  Function calls: output_item.added, response.function_call_arguments.delta
+  (1, or g with toolstream), response.function_call_arguments.done,
+  output_item.done, response.completed.  Errors: OpenAI's shape.
+* ``POST /v1/messages`` (anthropic.py) - Anthropic Messages; ``max_tokens`` and
+  ``messages`` are required (400 invalid_request_error).  input_tokens = chat's
+  rule over ``messages`` (1 + words per message; text blocks' ``text``,
+  tool_result blocks' content) + (1 + words) for a non-empty ``system``.
+  output_tokens = g, capped by max_tokens (stop_reason ``max_tokens``, else
+  ``end_turn``; ``tool_use`` with tools unless tool_choice type "none": one
+  tool_use block, input ``{}``).  usage = {input_tokens,
+  cache_creation_input_tokens, cache_read_input_tokens, cache_creation
+  {ephemeral_5m_input_tokens, ephemeral_1h_input_tokens}, output_tokens,
+  service_tier}.  SSE: message_start (usage with input/cache fields,
+  output_tokens 1), content_block_start, ping, content_block_delta x g
+  (text_delta, or input_json_delta for tool_use), content_block_stop,
+  message_delta (delta.stop_reason, usage.output_tokens = g), message_stop;
+  named events ``event: <type>\ndata: {...}\n\n``.  Errors:
+  ``{"type": "error", "error": {"type", "message"}, "request_id"}`` with
+  400 invalid_request_error, 401 authentication_error, 403 permission_error,
+  404 not_found_error, 413 request_too_large, 429 rate_limit_error, 500
+  api_error, 529 overloaded_error (other 5xx api_error); ctx -> 400 "prompt is
+  too long: N tokens > M maximum".  Headers (x-api-key, anthropic-version,
+  anthropic-beta) are recorded like any other.
+  ``POST /v1/messages/count_tokens`` -> ``{"input_tokens": N}`` (same count).
+* ``POST /v1/completions`` (completions.py) - legacy ``text_completion``;
+  ``prompt`` string, list of strings, token array or list of token arrays;
+  prompt_tokens = words per string prompt (no +1) or token-array length,
+  summed; choices = n per prompt (index = prompt*n + i); g capped by
+  ``max_tokens`` (default 16, as OpenAI); completion_tokens = g * choices.
+  SSE: one chunk per token per choice, finish chunk(s), usage chunk only with
+  ``stream_options.include_usage``, ``[DONE]``.
+* ``POST /v1/images/generations`` (media.py) - ``{"created", "data": [n x
+  {"b64_json"|"url", "revised_prompt"}], "usage"}``; n (1..10) images, each a
+  valid 2x2 PNG seeded by (prompt, index); ``response_format`` default "url"
+  (b64_json for models starting with "gpt-image"); urls point at
+  ``/_files/img/<hex>.png`` on the fake.  usage (gpt-image shape):
+  input_tokens = words(prompt) (= text_tokens), output_tokens = chunks * n.
+* ``POST /v1/audio/transcriptions`` / ``translations`` (media.py) - multipart
+  (file, model, response_format json|text|verbose_json|srt|vtt,
+  ``timestamp_granularities[]``).  Text = the g tokens joined by spaces
+  ("tok0 tok1 tok2 tok3 tok4").  duration (seconds, float): for a RIFF/WAVE
+  upload the data-chunk bytes / byte rate from its fmt chunk, otherwise
+  len(file bytes) / 16000.  json: ``{"text", "usage": {"type": "duration",
+  "seconds": ceil(duration)}}``; verbose_json adds task, language, duration,
+  segments (and words when asked); text/srt/vtt are text/plain.
+* ``POST /v1/audio/speech`` (media.py) - JSON (model, input, voice required,
+  response_format mp3 default|opus|aac|flac|wav|pcm) -> audio bytes with the
+  matching content-type (audio/mpeg, audio/opus, audio/aac, audio/flac,
+  audio/wav, audio/pcm).  wav: a valid 24 kHz mono 16-bit WAV of 10 ms of
+  silence per input character (44 + 480*len(input) bytes); pcm: those samples
+  raw; others: the format's magic bytes + 48 zero bytes per character.
+* ``POST /v1/moderations`` (moderations.py) - ``{"id": "modr-...", "model",
+  "results": [...]}``, one result per input string (a list of multimodal parts
+  is one result); a category (omni-moderation's 13) is flagged iff its name is
+  a whitespace-separated word of the lower-cased text (e.g. "violence",
+  "self-harm/intent"); scores 0.9 flagged, 0.0001 otherwise.
+* ``POST /v1/rerank`` (Cohere v1) and ``POST /v2/rerank`` (Cohere v2)
+  (rerank.py) - ``{"id", "results": [{"index", "relevance_score",
+  "document"?}], "meta": {"api_version": {"version"}, "billed_units":
+  {"search_units": ceil(len(documents)/100)}}}``, sorted by score (share of
+  query words in the document, minus 1e-4 per extra document word), top_n
+  honoured, ``document`` only with ``return_documents: true``.  LiteLLM's
+  ``cohere/<model>`` with ``api_base="http://127.0.0.1:PORT"`` (the root, not
+  /v1) posts to /v2/rerank; with an api_base ending in /v1/rerank to /v1/rerank.
 """
 
 from __future__ import annotations
