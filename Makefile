@@ -4,7 +4,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 
 run:  ## start the gateway on the embedded store (demo model and demo key included)
 	@bash scripts/bootstrap.sh
-	.venv/bin/python -m app
+	DEMO_API_KEY=$${DEMO_API_KEY:-sk-gw-demo} .venv/bin/python -m app
 
 test:  ## the whole test-suite; installs what is missing (venv, PostgreSQL, Redis, Nginx)
 	bash scripts/test.sh $(ARGS)

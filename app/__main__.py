@@ -22,6 +22,8 @@ def main() -> None:
         access_log=False,
         loop="uvloop",
         http="httptools",
+        # Past the streams' own deadline, so they end (and are charged) before uvicorn cancels them.
+        timeout_graceful_shutdown=int(settings.SHUTDOWN_STREAM_DEADLINE_SECONDS) + 5,
     )
 
 

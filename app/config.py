@@ -57,8 +57,12 @@ class Settings(BaseSettings):
     BILLING_DEFAULT_MAX_OUTPUT_TOKENS: int = 4096
 
     DATA_DIR: str = "./.data"
-    DEMO_API_KEY: str = "sk-gw-demo"
+    # A demo account only when asked for (`make run` asks), only on the embedded store.
+    DEMO_API_KEY: str = ""
     DEMO_USER_BALANCE: Decimal = Decimal("10")
+    # On SIGTERM, streams still running this long after it end with an error event, charged
+    # for what was generated. gunicorn.conf.py derives its graceful timeout from the same value.
+    SHUTDOWN_STREAM_DEADLINE_SECONDS: float = 110.0
 
     PROMETHEUS_ENABLED: bool = True
     PROMETHEUS_MULTIPROC_DIR: str = ""
@@ -96,6 +100,15 @@ class Settings(BaseSettings):
             return "supabase"
         return "sqlite"
 
+    def demo_account_wanted(self, store_kind: str) -> bool:
+        """The demo key exists only in development, on the embedded store, when asked for."""
+        if not self.DEMO_API_KEY:
+            return False
+        if self.ENVIRONMENT != "development" or store_kind != "sqlite":
+            log.warning("DEMO_API_KEY is ignored: only a development gateway on the embedded store has one")
+            return False
+        return True
+
     def unsafe_defaults(self) -> list[str]:
         """Settings that are acceptable in development but refused in production."""
         problems: list[str] = []
@@ -107,10 +120,38 @@ class Settings(BaseSettings):
             problems.append("BILLING_ENABLED=false serves every model for free")
         if "*" in self.CORS_ORIGINS:
             problems.append("CORS_ORIGINS must not be '*' in production")
+        if self.DEMO_API_KEY:
+            problems.append("DEMO_API_KEY must not be set in production")
         return problems
 
 
-KNOWN_CONFIG_SECTIONS = {"model_list", "router_settings", "litellm_settings"}
+KNOWN_CONFIG_SECTIONS = {"model_list", "router_settings", "litellm_settings", "gateway_settings"}
+_FALLBACK_KEYS = ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks")
+
+
+def _walk_fallbacks(router_settings: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """For each group with fallbacks: itself and every group reachable through them.
+
+    LiteLLM falls back recursively (A -> B -> C), so pricing holds at the most expensive
+    group reachable and the fast path needs every reachable group to be direct.
+    """
+    edges: dict[str, list[str]] = {}
+    for key in _FALLBACK_KEYS:
+        for item in router_settings.get(key) or []:
+            if isinstance(item, dict):
+                for src, targets in item.items():
+                    edges.setdefault(str(src), []).extend(str(t) for t in targets or [])
+    closure: dict[str, tuple[str, ...]] = {}
+    for start in edges:
+        seen: dict[str, None] = {start: None}
+        todo = list(edges[start])
+        while todo:
+            name = todo.pop(0)
+            if name not in seen:
+                seen[name] = None
+                todo.extend(edges.get(name, []))
+        closure[start] = tuple(seen)
+    return closure
 
 
 class ModelConfig:
@@ -123,11 +164,18 @@ class ModelConfig:
         router_settings: dict[str, Any],
         litellm_settings: dict[str, Any],
         path: str,
+        gateway_settings: dict[str, Any] | None = None,
     ) -> None:
         self.model_list = model_list
         self.router_settings = router_settings
         self.litellm_settings = litellm_settings
+        self.gateway_settings = gateway_settings or {}
         self.path = path
+        self._reachable = _walk_fallbacks(router_settings)
+
+    def reachable(self, name: str) -> tuple[str, ...]:
+        """The group itself, then every group LiteLLM may fall back to from it, at any depth."""
+        return self._reachable.get(name, (name,))
 
     def model_names(self) -> list[str]:
         """Public model names, in config order, without duplicates."""
@@ -180,11 +228,13 @@ def load_model_config(path: str | Path) -> ModelConfig:
         info.setdefault("id", f"{entry['model_name']}#{i}")
     router_settings = _resolve_env(raw.get("router_settings") or {})
     litellm_settings = _resolve_env(raw.get("litellm_settings") or {})
-    if not isinstance(router_settings, dict) or not isinstance(litellm_settings, dict):
-        raise ConfigError("router_settings and litellm_settings must be mappings")
+    gateway_settings = _resolve_env(raw.get("gateway_settings") or {})
+    if not all(isinstance(x, dict) for x in (router_settings, litellm_settings, gateway_settings)):
+        raise ConfigError("router_settings, litellm_settings and gateway_settings must be mappings")
     return ModelConfig(
         model_list=model_list,
         router_settings=router_settings,
         litellm_settings=litellm_settings,
+        gateway_settings=gateway_settings,
         path=str(p),
     )

@@ -108,6 +108,14 @@ class UpstreamTimeout(UpstreamError):
     code = "upstream_timeout"
 
 
+class ClientClosed(GatewayError):
+    """The client went away; nobody reads the answer (logged at info, never as an error)."""
+
+    status_code = 499
+    error_type = "invalid_request_error"
+    code = "client_closed"
+
+
 class StoreUnavailable(GatewayError):
     """The billing/identity store cannot be reached: fail closed."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -14,20 +16,23 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from app.api import admin, billing, chat, embeddings, health, models
 from app.auth.invalidation import InvalidationBus
 from app.auth.jwt import JwtVerifier
 from app.auth.service import Authenticator
+from app.billing.estimate import chat_prompt_tokens
 from app.billing.journal import SettlementJournal
 from app.billing.pricing import PriceBook
 from app.billing.service import BillingService
-from app.billing.tokens import count_prompt_tokens
 from app.bootstrap import ensure_demo_account
+from app.calls.drain import Drain
+from app.calls.lifecycle import CallService
+from app.calls.record import Recorder
 from app.config import Settings, load_model_config
-from app.errors import GatewayError, InvalidRequest, NotFound
+from app.errors import ClientClosed, GatewayError, InvalidRequest, NotFound
 from app.llm.fastpath import DirectCaller, close_session
 from app.llm.router import LLMService, apply_litellm_settings, build_router
 from app.middleware import GatewayMiddleware
@@ -36,7 +41,7 @@ from app.observability.metrics import Metrics
 from app.observability.sentry import init_sentry
 from app.observability.tracing import LLMTracer
 from app.state import AppState
-from app.store.base import Store
+from app.store.base import Store, StoreError
 
 log = logging.getLogger("app")
 
@@ -65,8 +70,10 @@ def _lifespan(settings: Settings, metrics: Metrics):  # type: ignore[no-untyped-
             model_config = load_model_config(settings.GATEWAY_CONFIG)
             apply_litellm_settings(model_config.litellm_settings)
             store = make_store(settings)
-            await store.open()
             stack.push_async_callback(store.close)
+            reconnect = await _open_store(store)
+            if reconnect is not None:
+                stack.push_async_callback(_cancel, reconnect)
             if store.kind == "sqlite":
                 log.info("using the embedded store in %s (set DATABASE_URL for Postgres)", settings.DATA_DIR)
             billing_service = BillingService(
@@ -95,37 +102,55 @@ def _lifespan(settings: Settings, metrics: Metrics):  # type: ignore[no-untyped-
             stack.push_async_callback(close_session, http)
             tracer = LLMTracer.from_settings(settings)
             stack.callback(tracer.shutdown)
+            auth = Authenticator(
+                store=store,
+                jwt=JwtVerifier(
+                    secret=settings.JWT_SECRET_KEY,
+                    algorithm=settings.JWT_ALGORITHM,
+                    audience=settings.JWT_AUDIENCE,
+                    supabase_secret=settings.SUPABASE_JWT_SECRET,
+                    supabase_url=settings.SUPABASE_URL,
+                ),
+                default_balance=settings.BILLING_DEFAULT_BALANCE,
+            )
+            if settings.REDIS_URL:
+                bus = InvalidationBus(settings.REDIS_URL)
+                auth.bus = bus
+                bus.start(auth)
+                stack.push_async_callback(bus.close)
+            ratelimiter = None
+            if settings.RATE_LIMIT_ENABLED:
+                from app.ratelimit import RateLimiter
+
+                ratelimiter = await RateLimiter.create(settings, metrics)
+                stack.push_async_callback(ratelimiter.close)
+            llm = LLMService(router, model_config, direct=DirectCaller(router, http))
+            drain = Drain(settings.SHUTDOWN_STREAM_DEADLINE_SECONDS)
+            drain.install()
+            calls = CallService(
+                llm=llm,
+                billing=billing_service,
+                recorder=Recorder(
+                    metrics=metrics,
+                    tracer=tracer,
+                    ratelimiter=ratelimiter,
+                    currency=settings.BILLING_CURRENCY,
+                ),
+                drain=drain,
+            )
             state = AppState(
                 settings=settings,
                 model_config=model_config,
                 store=store,
-                auth=Authenticator(
-                    store=store,
-                    jwt=JwtVerifier(
-                        secret=settings.JWT_SECRET_KEY,
-                        algorithm=settings.JWT_ALGORITHM,
-                        audience=settings.JWT_AUDIENCE,
-                        supabase_secret=settings.SUPABASE_JWT_SECRET,
-                        supabase_url=settings.SUPABASE_URL,
-                    ),
-                    default_balance=settings.BILLING_DEFAULT_BALANCE,
-                ),
-                llm=LLMService(router, model_config, direct=DirectCaller(router, http)),
+                auth=auth,
+                llm=llm,
                 billing=billing_service,
                 metrics=metrics,
                 tracer=tracer,
+                calls=calls,
+                ratelimiter=ratelimiter,
             )
-            if settings.REDIS_URL:
-                bus = InvalidationBus(settings.REDIS_URL)
-                state.auth.bus = bus
-                bus.start(state.auth)
-                stack.push_async_callback(bus.close)
-            if settings.RATE_LIMIT_ENABLED:
-                from app.ratelimit import RateLimiter
-
-                state.ratelimiter = await RateLimiter.create(settings, metrics)
-                stack.push_async_callback(state.ratelimiter.close)
-            if settings.ENVIRONMENT == "development" and settings.DEMO_API_KEY:
+            if settings.demo_account_wanted(store.kind):
                 await ensure_demo_account(store, settings)
             app.state.gateway = state
             await _warm_up(state)
@@ -135,11 +160,41 @@ def _lifespan(settings: Settings, metrics: Metrics):  # type: ignore[no-untyped-
     return lifespan
 
 
+async def _open_store(store: Store, *, retry_seconds: float = 2.0) -> asyncio.Task[None] | None:
+    """Open the store; if it is down, start anyway and keep trying in the background.
+
+    Meanwhile /health answers, /ready is 503 and calls get 503 `store_unavailable`.
+    """
+    try:
+        await store.open()
+        return None
+    except StoreError as exc:
+        log.error("the store is unavailable (%s); starting without it and retrying", exc)
+
+    async def retry() -> None:
+        while True:
+            await asyncio.sleep(retry_seconds)
+            try:
+                await store.open()
+            except StoreError:
+                continue
+            log.info("the store is back")
+            return
+
+    return asyncio.create_task(retry())
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def _warm_up(state: AppState) -> None:
     """Do once at start what the first request would otherwise pay for, then freeze the heap."""
     # LiteLLM's tokenizer loads lazily: ~0.5 s on the first call of each worker.
     for name in state.llm.model_names()[:1]:
-        await count_prompt_tokens(name, [{"role": "user", "content": "warm up"}])
+        await chat_prompt_tokens(name, {"messages": [{"role": "user", "content": "warm up"}]})
     # LiteLLM leaves ~365k long-lived objects; a full collection over them stalls the event loop
     # for ~200 ms. Frozen, they are never scanned again (only what requests allocate is).
     gc.collect()
@@ -158,6 +213,8 @@ def _error_response(error: GatewayError) -> Response:
 def _install_error_handlers(app: FastAPI) -> None:
     async def gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
+        if isinstance(exc, ClientClosed):
+            log.info("client closed the connection: %s %s", request.method, request.url.path)
         return _error_response(exc)
 
     async def validation_error(request: Request, exc: Exception) -> Response:
@@ -172,10 +229,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code == 404:
-            # INTERFACE.md's error table: an unknown route is a 404 `model_not_found`, like an
-            # unknown model (clients that branch on the code treat both as "no such thing").
             return _error_response(
-                NotFound(f"Unknown route: {request.method} {request.url.path}", code="model_not_found")
+                NotFound(f"Unknown route: {request.method} {request.url.path}", code="unknown_url")
             )
         if exc.status_code == 405:
             return _error_response(
@@ -189,6 +244,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error_response(GatewayError(str(exc.detail), status_code=exc.status_code))
 
     async def unhandled(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, ClientDisconnect):
+            log.info("client closed the connection: %s %s", request.method, request.url.path)
+            return _error_response(ClientClosed("The client closed the connection."))
         log.exception("unhandled error")
         return _error_response(GatewayError("The gateway hit an internal error.", code="internal_error"))
 

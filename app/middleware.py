@@ -38,14 +38,16 @@ class GatewayMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        billing_id = uuid.uuid4().hex
-        request_id = billing_id
+        # Two ids: the gateway's own for this call (the ledger's request_id, unique, sent back as
+        # X-Gateway-Request-Id) and the client's X-Request-ID, echoed for its own correlation.
+        request_id = uuid.uuid4().hex
+        client_request_id = request_id
         declared: int | None = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 candidate = value.decode("latin-1")
                 if _VALID_REQUEST_ID.match(candidate):
-                    request_id = candidate
+                    client_request_id = candidate
             elif name == b"content-length":
                 try:
                     declared = int(value)
@@ -53,17 +55,20 @@ class GatewayMiddleware:
                     declared = None
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
-        state["billing_id"] = billing_id
-        token_rid = request_id_var.set(request_id)
+        state["client_request_id"] = client_request_id
+        token_rid = request_id_var.set(client_request_id)
         token_uid = user_id_var.set(None)
         status_holder = [500]
-        rid_header = request_id.encode()
+        id_headers = [
+            (b"x-request-id", client_request_id.encode()),
+            (b"x-gateway-request-id", request_id.encode()),
+        ]
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder[0] = message["status"]
                 headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", rid_header))
+                headers.extend(id_headers)
                 headers.extend(_SECURITY_HEADERS)
                 # Set by the rate limiter for the routes it limits.
                 headers.extend(state.get("ratelimit_headers", ()))

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.auth.service import Authenticator
 from app.billing.service import BillingService
+from app.calls.lifecycle import CallService
 from app.config import ModelConfig, Settings
 from app.llm.router import LLMService
 from app.observability.metrics import Metrics
@@ -29,6 +30,7 @@ class AppState:
     billing: BillingService
     metrics: Metrics
     tracer: LLMTracer
+    calls: CallService
     ratelimiter: RateLimiter | None = None
     started_at: float = field(default_factory=time.time)
     health_history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=100))

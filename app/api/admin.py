@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from app.api.deps import Admin, JsonBody, State
-from app.api.responses import MoneyJSONResponse
+from app.api.money_json import MoneyJSONResponse
 from app.auth.keys import new_key
 from app.errors import InvalidRequest, NotFound, StoreUnavailable
 from app.store.base import BalanceConflict, StoreError, UserNotFound, money
@@ -147,9 +147,12 @@ def _limit(body: dict[str, Any], key: str) -> int | None:
     value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidRequest(f"'{key}' must be a non-negative integer or null.", param=key)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= LIMIT_MAX:
+        raise InvalidRequest(f"'{key}' must be an integer from 0 to {LIMIT_MAX}, or null.", param=key)
     return value
+
+
+LIMIT_MAX = 2**31 - 1  # the stores keep limits as 32-bit integers
 
 
 @router.put("/users/{user_id}/limits")

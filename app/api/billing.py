@@ -5,11 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 
 from app.api.deps import CurrentUser, State
-from app.api.responses import MoneyJSONResponse
-from app.errors import StoreUnavailable
+from app.api.money_json import MoneyJSONResponse
+from app.errors import NotFound, StoreUnavailable
 from app.store.base import StoreError
 
 router = APIRouter(prefix="/billing")
+OFFSET_MAX = 10_000_000  # deeper pages than any ledger has; every store takes it as an integer
 
 
 @router.get("/balance")
@@ -34,7 +35,7 @@ async def transactions(
     principal: CurrentUser,
     state: State,
     limit: int = Query(10, ge=1, le=100),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=OFFSET_MAX),
 ) -> MoneyJSONResponse:
     """The ledger, newest first; charges are negative."""
     try:
@@ -59,5 +60,31 @@ async def transactions(
             ],
             "limit": limit,
             "offset": offset,
+        }
+    )
+
+
+@router.get("/requests/{request_id}")
+async def request_record(request_id: str, principal: CurrentUser, state: State) -> MoneyJSONResponse:
+    """One of the caller's calls: held, charged or released, with its usage and cost."""
+    try:
+        record = await state.store.get_request(principal.user_id, request_id[:128])
+    except StoreError as exc:
+        raise StoreUnavailable("Billing is unavailable; try again.") from exc
+    if record is None:
+        raise NotFound(f"No request '{request_id[:128]}' of yours is known.", code="request_not_found")
+    return MoneyJSONResponse(
+        {
+            "request_id": record.request_id,
+            "status": record.status,
+            "model": record.model,
+            "deployment": record.deployment,
+            "usage": record.usage or {},
+            "hold": record.hold,
+            "cost": record.cost,
+            "uncollected": record.uncollected,
+            "currency": state.settings.BILLING_CURRENCY,
+            "created": record.created.isoformat(),
+            "settled": None if record.settled is None else record.settled.isoformat(),
         }
     )

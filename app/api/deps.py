@@ -7,10 +7,15 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, Request
+from fastapi.responses import Response, StreamingResponse
+from starlette.requests import ClientDisconnect
 
 from app.auth.service import Principal
-from app.errors import AuthenticationFailed, InvalidRequest, PermissionDenied
+from app.calls.lifecycle import Caller, JsonResult, StreamResult
+from app.errors import AuthenticationFailed, ClientClosed, InvalidRequest, PermissionDenied
 from app.state import AppState
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def get_app_state(request: Request) -> AppState:
@@ -55,7 +60,10 @@ Admin = Depends(require_admin)
 
 async def json_body(request: Request) -> dict[str, Any]:
     """The request body as a JSON object, or a 400 in OpenAI's shape."""
-    raw = await request.body()
+    try:
+        raw = await request.body()
+    except ClientDisconnect as exc:
+        raise ClientClosed("The client closed the connection before sending its request.") from exc
     if not raw:
         raise InvalidRequest("The request body is empty; expected a JSON object.")
     try:
@@ -68,3 +76,21 @@ async def json_body(request: Request) -> dict[str, Any]:
 
 
 JsonBody = Annotated[dict[str, Any], Depends(json_body)]
+
+
+def caller(request: Request, principal: Principal) -> Caller:
+    """The caller and the two ids of this call: the gateway's (the ledger's) and the client's."""
+    return Caller(
+        user_id=principal.user_id,
+        request_id=request.state.request_id,
+        client_request_id=request.state.client_request_id,
+    )
+
+
+def call_response(result: JsonResult | StreamResult) -> Response:
+    """A finished call as an HTTP response: JSON, or an SSE stream."""
+    if isinstance(result, JsonResult):
+        return Response(result.body, media_type="application/json", headers=result.headers)
+    return StreamingResponse(
+        result.events, media_type="text/event-stream", headers={**SSE_HEADERS, **result.headers}
+    )

@@ -12,7 +12,7 @@ from fastapi.responses import Response
 from litellm.router_utils.cooldown_handlers import async_get_cooldown_deployments
 
 from app.api.deps import State
-from app.api.responses import MoneyJSONResponse
+from app.api.money_json import MoneyJSONResponse
 
 router = APIRouter()
 

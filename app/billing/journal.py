@@ -12,6 +12,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -25,6 +26,8 @@ class PendingSettlement:
     prompt_tokens: int
     completion_tokens: int
     description: str
+    deployment: str | None = None
+    usage: dict[str, Any] | None = None
 
     @property
     def amount(self) -> Decimal:

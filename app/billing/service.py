@@ -11,10 +11,11 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from app.billing.journal import PendingSettlement, SettlementJournal
-from app.billing.pricing import Price, PriceBook, call_cost
+from app.billing.pricing import Price, PriceBook, usage_cost
 from app.errors import GatewayError, InsufficientBalance, InvalidRequest, StoreUnavailable
 from app.observability.metrics import Metrics
 from app.store.base import BalanceConflict, Settlement, Store, StoreError, UserNotFound
+from app.usage import Usage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -28,8 +29,17 @@ class Hold:
     request_id: str
     model: str
     price: Price
-    max_tokens: int | None  # the completion limit to impose (balance or the model's limit)
+    max_tokens: int | None  # the completion limit the hold pays for; None: no limit needed
     amount: Decimal
+    tier: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What a settled call cost, and what of it the balance could not cover."""
+
+    cost: Decimal
+    uncollected: Decimal = Decimal(0)
 
 
 class BillingService:
@@ -81,9 +91,15 @@ class BillingService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    def price_for(self, model: str) -> Price:
+    def price_for(self, model: str, tier: str | None = None) -> Price:
         """The reservation price of a model group; unpriced models are refused, never free."""
-        price = self.prices.for_group(model)
+        price = self.prices.for_group(model, tier)
+        if price is None and tier is not None:
+            raise InvalidRequest(
+                f"The service tier '{tier}' has no price configured for model '{model}'.",
+                code="service_tier_not_priced",
+                param="service_tier",
+            )
         if price is None:
             raise InvalidRequest(
                 f"The model '{model}' has no price configured, so the gateway will not serve it.",
@@ -101,13 +117,14 @@ class BillingService:
         prompt_tokens: int,
         max_tokens: int | None,
         n: int = 1,
+        tier: str | None = None,
     ) -> Hold | None:
         """Hold the most this call can cost; the hold's max_tokens caps the call."""
         if not self.enabled:
             return None
-        price = self.price_for(model)
+        price = self.price_for(model, tier)
         if price.free:
-            return Hold(user_id, request_id, model, price, None, Decimal(0))
+            return Hold(user_id, request_id, model, price, None, Decimal(0), tier)
         # Without the model's output limit, hold for a typical long answer rather than the
         # whole balance (which would block the user's concurrent calls).
         model_cap = price.max_output_tokens or self._default_max_output
@@ -115,23 +132,23 @@ class BillingService:
             r = await self.store.reserve(
                 user_id=user_id,
                 request_id=request_id,
-                prompt_cost=prompt_tokens * price.input,
-                output_price=price.output * n,
+                prompt_cost=prompt_tokens * price.hold_input,
+                output_price=price.hold_output * n,
                 # The store takes a 32-bit integer; anything larger is unaffordable anyway.
                 max_tokens=None if max_tokens is None else min(max_tokens, 2**31 - 1),
                 model_max_output=model_cap,
                 ttl_seconds=self._ttl,
+                model=model,
             )
         except StoreError as exc:
             self._metrics.billing(operation="reserve", outcome="store_error")
             raise StoreUnavailable("Billing is unavailable; the request was not run.") from exc
         self._metrics.billing(operation="reserve", outcome=r.status)
         if r.status == "ok":
-            # A call without max_tokens is capped at what was held for it (the balance, the
-            # model's limit or the default budget): uncapped, it could generate more than the
-            # balance pays for, and the charge would be cut short at the balance.
-            capped = max_tokens is None and r.max_tokens is not None
-            return Hold(user_id, request_id, model, price, r.max_tokens if capped else None, r.hold)
+            # Every call is capped at what was held for it (the client's limit, the balance,
+            # the model's limit or the default budget): uncapped, it could generate more than
+            # was paid for, and the charge would be cut short at the balance.
+            return Hold(user_id, request_id, model, price, r.max_tokens, r.hold, tier)
         if r.status == "insufficient":
             available = max(r.available, Decimal(0)).normalize()
             if max_tokens is not None and r.max_tokens:
@@ -149,51 +166,55 @@ class BillingService:
             raise InsufficientBalance("No billing account exists for this user; add credit first.")
         raise GatewayError("Duplicate request id.", code="duplicate_request", status_code=409)
 
-    async def settle(
-        self,
-        hold: Hold,
-        *,
-        prompt_tokens: int,
-        completion_tokens: int,
-        deployment_id: str | None = None,
-    ) -> Decimal:
+    async def settle(self, hold: Hold, usage: Usage, *, deployment_id: str | None = None) -> Charge:
         """Charge the actual cost once; if the store is down, journal it durably and retry.
 
         The charge runs in a task of its own: if the caller is cancelled meanwhile (a client
         that hung up while it was being written), the charge still completes.
         """
-        work = self._settle(
-            hold,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            deployment_id=deployment_id,
-        )
-        return await self._shielded(work)
+        return await self._shielded(self._settle(hold, usage, deployment_id))
 
-    async def _settle(
-        self, hold: Hold, *, prompt_tokens: int, completion_tokens: int, deployment_id: str | None
-    ) -> Decimal:
-        price = self.prices.for_served(hold.model, deployment_id) or hold.price
-        cost = call_cost(price, prompt_tokens, completion_tokens)
+    def settle_soon(self, hold: Hold, usage: Usage, *, deployment_id: str | None = None) -> None:
+        """Settle in a task of its own, safe from the cancellation of a dropped stream."""
+        self.detach(self._settle(hold, usage, deployment_id))
+
+    async def _settle(self, hold: Hold, usage: Usage, deployment_id: str | None) -> Charge:
+        price = self.prices.for_served(hold.model, deployment_id, hold.tier) or hold.price
+        cost = usage_cost(price, usage)
         if price.free:
-            return cost
+            return Charge(cost)
+        counted = " (counted by the gateway)" if usage.counted else ""
         entry = PendingSettlement(
             user_id=hold.user_id,
             request_id=hold.request_id,
             cost=str(cost),
             model=hold.model,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            description=f"{hold.model}: {prompt_tokens} prompt + {completion_tokens} completion tokens",
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            description=(
+                f"{hold.model}: {usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens"
+                f"{counted}"
+            ),
+            deployment=deployment_id,
+            usage=usage.as_dict(),
         )
+        if cost > hold.amount:
+            self._metrics.billing(operation="settle", outcome="over_hold")
+            log.warning(
+                "charge above its hold",
+                extra={"billing_request": hold.request_id, "cost": str(cost), "held": str(hold.amount)},
+            )
         try:
             settled = await self._apply(entry)
         except StoreError:
             self.journal.write(entry)
             self._metrics.billing(operation="settle", outcome="journaled")
             log.warning("settlement journaled for replay", extra={"billing_request": hold.request_id})
-            return cost
+            return Charge(cost)
+        if settled.status != "charged":
+            return Charge(settled.charged)
         if settled.charged < cost:
+            self._metrics.billing(operation="settle", outcome="uncollected")
             log.error(
                 "charge capped by balance",
                 extra={
@@ -202,7 +223,7 @@ class BillingService:
                     "charged": str(settled.charged),
                 },
             )
-        return settled.charged if settled.status == "charged" else cost
+        return Charge(settled.charged, cost - settled.charged)
 
     def detach(self, work: Coroutine[Any, Any, object]) -> None:
         """Run work in a task of its own that shutdown waits for."""
@@ -217,19 +238,6 @@ class BillingService:
         task = asyncio.create_task(work)
         self._track(task)
         return await asyncio.shield(task)
-
-    def settle_soon(
-        self, hold: Hold, *, prompt_tokens: int, completion_tokens: int, deployment_id: str | None
-    ) -> None:
-        """Settle in a task of its own, safe from the cancellation of a dropped stream."""
-        self.detach(
-            self._settle(
-                hold,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                deployment_id=deployment_id,
-            )
-        )
 
     async def release(self, hold: Hold) -> None:
         """Give a failed call's hold back; if the store is down the sweeper will."""
@@ -257,6 +265,8 @@ class BillingService:
             prompt_tokens=entry.prompt_tokens,
             completion_tokens=entry.completion_tokens,
             description=entry.description,
+            deployment=entry.deployment,
+            usage=entry.usage,
         )
         self._metrics.billing(operation="settle", outcome=result.status)
         return result

@@ -6,7 +6,7 @@ chooses the deployment (routing strategy, weights, cooldowns) and
 `deployment_callback_on_failure` counts failures and cools deployments down. What changes is
 the call itself: the request body the client sent is forwarded as is, and the provider's SSE
 bytes are passed on without being parsed into objects and rebuilt chunk by chunk. Only the
-usage chunk is parsed, for billing.
+usage event is parsed, for billing.
 
 A model group takes this path only if it and every group it can fall back to are served by
 plain OpenAI-compatible deployments; everything else goes through `Router.acompletion`.
@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -27,6 +25,9 @@ from litellm import exceptions as llm_errors
 from litellm.router import Router
 
 from app.config import ModelConfig
+from app.llm.chat_stream import ChatSseStream
+from app.llm.results import Completion
+from app.usage import Usage
 
 # litellm_params a deployment may have and still be called directly (anything else, such
 # as mock_response or provider-specific settings, needs LiteLLM's own call path).
@@ -54,31 +55,6 @@ _DIRECT_PARAMS = frozenset(
 _DIRECT_STRATEGIES = frozenset({None, "simple-shuffle"})
 _OPENAI_BASE = "https://api.openai.com/v1"
 
-USAGE_MARK = b'"usage":{'
-DONE_EVENT = b"data: [DONE]\n\n"
-
-
-@dataclass(slots=True)
-class DirectResponse:
-    """A provider's JSON answer, unparsed apart from its usage."""
-
-    body: bytes
-    usage: dict[str, Any] | None
-    deployment_id: str
-    _hidden_params: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class DirectStream:
-    """An open SSE response from the provider, after a 200 status."""
-
-    response: aiohttp.ClientResponse
-    deployment_id: str
-    _hidden_params: dict[str, Any] = field(default_factory=dict)
-
-    async def aclose(self) -> None:
-        self.response.close()
-
 
 def _is_direct(entry: dict[str, Any]) -> bool:
     params: dict[str, Any] = entry["litellm_params"]
@@ -94,21 +70,8 @@ def direct_groups(config: ModelConfig) -> frozenset[str]:
     for entry in config.model_list:
         name = str(entry["model_name"])
         groups[name] = groups.get(name, True) and _is_direct(entry) and "*" not in name
-    chains: dict[str, set[str]] = {}
-    for key in ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks"):
-        for item in config.router_settings.get(key) or []:
-            if isinstance(item, dict):
-                for src, targets in item.items():
-                    chains.setdefault(str(src), set()).update(str(t) for t in targets or [])
-
-    def reachable(name: str, seen: set[str]) -> set[str]:
-        out = {name}
-        for nxt in chains.get(name, set()) - seen:
-            out |= reachable(nxt, seen | out)
-        return out
-
     return frozenset(
-        n for n, ok in groups.items() if ok and all(groups.get(m, False) for m in reachable(n, set()))
+        n for n, ok in groups.items() if ok and all(groups.get(m, False) for m in config.reachable(n))
     )
 
 
@@ -119,7 +82,7 @@ class DirectCaller:
         self._router = router
         self._session = session
 
-    async def call(self, params: dict[str, Any]) -> DirectResponse | DirectStream:
+    async def call(self, params: dict[str, Any]) -> Completion | ChatSseStream:
         """One call with the Router's retries, fallbacks and cooldowns around each attempt."""
         model = params["model"]
         kwargs: dict[str, Any] = {
@@ -129,10 +92,10 @@ class DirectCaller:
             "original_function": self._attempt,
         }
         self._router._update_kwargs_before_fallbacks(model=model, kwargs=kwargs)
-        result: DirectResponse | DirectStream = await self._router.async_function_with_fallbacks(**kwargs)
+        result: Completion | ChatSseStream = await self._router.async_function_with_fallbacks(**kwargs)
         return result
 
-    async def _attempt(self, model: str, messages: list[Any], **kwargs: Any) -> DirectResponse | DirectStream:
+    async def _attempt(self, model: str, messages: list[Any], **kwargs: Any) -> Completion | ChatSseStream:
         deployment = await self._router.async_get_available_deployment(
             model=model, messages=messages, request_kwargs=kwargs
         )
@@ -182,9 +145,8 @@ class DirectCaller:
             finally:
                 response.release()
             raise self._failed(_status_error(response, data, model, url), deployment, model, started)
-        hidden = {"model_id": deployment_id, "custom_llm_provider": "openai", "api_base": None}
         if stream:
-            return DirectStream(response=response, deployment_id=deployment_id, _hidden_params=hidden)
+            return ChatSseStream(response, deployment_id=deployment_id)
         try:
             data = await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -198,8 +160,29 @@ class DirectCaller:
             ) from exc
         finally:
             response.release()
-        usage = _usage_of(data)
-        return DirectResponse(body=data, usage=usage, deployment_id=deployment_id, _hidden_params=hidden)
+        try:
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise self._failed(
+                llm_errors.APIError(
+                    status_code=502,
+                    message="the provider's answer is not JSON",
+                    llm_provider="openai",
+                    model=model,
+                ),
+                deployment,
+                model,
+                started,
+            )
+        return Completion(
+            data=parsed,
+            usage=Usage.from_openai(parsed.get("usage")),
+            deployment_id=deployment_id,
+            provider="openai",
+            text=lambda: message_text(parsed),
+        )
 
     def _timeout(self, params: dict[str, Any], *, stream: bool) -> aiohttp.ClientTimeout:
         total = params.get("timeout") or self._router.timeout or 600
@@ -225,14 +208,6 @@ class DirectCaller:
             end_time=time.time(),
         )
         return exc
-
-
-def _usage_of(data: bytes) -> dict[str, Any] | None:
-    try:
-        usage = orjson.loads(data).get("usage")
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
-    return usage if isinstance(usage, dict) else None
 
 
 def _status_error(response: aiohttp.ClientResponse, data: bytes, model: str, url: str) -> Exception:
@@ -264,83 +239,22 @@ def _status_error(response: aiohttp.ClientResponse, data: bytes, model: str, url
     return llm_errors.InternalServerError(**common)
 
 
-@dataclass(slots=True)
-class StreamTally:
-    """What passed through a direct stream, for billing and metrics."""
-
-    usage: dict[str, Any] | None = None
-    first_byte: float | None = None
-    blocks: list[bytes] = field(default_factory=list)  # kept only until usage arrives
-    parts: list[str] = field(default_factory=list)  # text, when the chunks were parsed anyway
-    done: bool = False
-
-    def generated_text(self) -> str:
-        """Content generated so far (parsed only when the provider reported no usage)."""
-        parts: list[str] = list(self.parts)
-        for block in self.blocks:
-            for event in block.split(b"\n\n"):
-                if not event.startswith(b"data: {"):
-                    continue
-                try:
-                    chunk = orjson.loads(event[6:])
-                except orjson.JSONDecodeError:
-                    continue
-                for choice in chunk.get("choices") or []:
-                    content = (choice.get("delta") or {}).get("content")
-                    if isinstance(content, str):
-                        parts.append(content)
-        return "".join(parts)
-
-
-async def relay_events(
-    stream: DirectStream, tally: StreamTally, *, client_wants_usage: bool
-) -> AsyncIterator[bytes]:
-    """Yield the provider's SSE bytes in whole events, dropping the usage chunk if unasked.
-
-    Ends at the provider's `[DONE]` without yielding it, so the caller can settle first.
-    """
-    pending = b""
-    async for data in stream.response.content.iter_any():
-        if tally.first_byte is None:
-            tally.first_byte = time.perf_counter()
-        buf = pending + data if pending else data
-        cut = buf.rfind(b"\n\n")
-        if cut < 0:
-            pending = buf
+def message_text(data: dict[str, Any]) -> str:
+    """What the choices of a chat answer generated: content, refusals and tool-call arguments."""
+    parts: list[str] = []
+    for choice in data.get("choices") or ():
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(message, dict):
             continue
-        block, pending = buf[: cut + 2], buf[cut + 2 :]
-        if DONE_EVENT in block:
-            block = block.replace(DONE_EVENT, b"")
-            tally.done = True
-        if USAGE_MARK in block:
-            block = _take_usage(block, tally, keep=client_wants_usage)
-        elif tally.usage is None:
-            tally.blocks.append(block)
-        if block:
-            yield block
-        if tally.done:
-            return
-    if pending.strip():
-        yield pending
-
-
-def _take_usage(block: bytes, tally: StreamTally, *, keep: bool) -> bytes:
-    out: list[bytes] = []
-    for event in block.split(b"\n\n"):
-        if not event:
-            continue
-        if USAGE_MARK in event and event.startswith(b"data: "):
-            try:
-                usage = orjson.loads(event[6:]).get("usage")
-            except orjson.JSONDecodeError:
-                usage = None
-            if isinstance(usage, dict):
-                tally.usage = usage
-                tally.blocks.clear()
-                if not keep:
-                    continue
-        out.append(event + b"\n\n")
-    return b"".join(out)
+        for key in ("content", "reasoning_content", "refusal"):
+            if isinstance(message.get(key), str):
+                parts.append(message[key])
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                named = (function.get("name"), function.get("arguments"))
+                parts.extend(v for v in named if isinstance(v, str))
+    return "".join(parts)
 
 
 async def close_session(session: aiohttp.ClientSession) -> None:

@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 import litellm
+import orjson
 from litellm import exceptions as llm_errors
 from litellm.router import Router
 
@@ -21,50 +22,16 @@ from app.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from app.llm.fastpath import DirectCaller, direct_groups
+from app.llm.chat_stream import LiteLLMChatStream
+from app.llm.fastpath import DirectCaller, direct_groups, message_text
+from app.llm.results import Completion, CompletionStream
+from app.usage import Usage
 
 log = logging.getLogger(__name__)
 
 _ROUTER_PARAMS = frozenset(inspect.signature(Router.__init__).parameters) - {"self", "model_list"}
 # Settings that would let a config file replace our own logging or callbacks wholesale.
 _LITELLM_DENY = frozenset({"callbacks", "success_callback", "failure_callback", "cache"})
-
-# Keys a client may not pass through to LiteLLM: they would redirect the call (and the
-# provider key with it) or change how LiteLLM itself behaves.
-_FORBIDDEN_PARAMS = frozenset(
-    {
-        "api_key",
-        "api_base",
-        "base_url",
-        "api_version",
-        "custom_llm_provider",
-        "mock_response",
-        "mock_testing_fallbacks",
-        "mock_timeout",
-        "litellm_logging_obj",
-        "litellm_call_id",
-        "metadata",
-        "litellm_metadata",
-        "fallbacks",
-        "context_window_fallbacks",
-        "num_retries",
-        "timeout",
-        "request_timeout",
-        "model_list",
-        "deployment_id",
-        "specific_deployment",
-        "aws_access_key_id",
-        "aws_secret_access_key",
-        "vertex_credentials",
-        "extra_headers",
-        "headers",
-        "caching",
-        "cache",
-        "no-log",
-        "proxy_server_request",
-    }
-)
-
 
 # With `tools`, LiteLLM first tries its own MCP gateway (a proxy feature that imports the
 # optional `mcp` package). Tools here are the client's and go to the provider as they are.
@@ -115,12 +82,25 @@ class LLMService:
             providers.setdefault(str(e["model_name"]), set()).add(model.split("/", 1)[0])
         # Groups served only by OpenAI-compatible endpoints, which accept every OpenAI field.
         self._openai_only = frozenset(n for n, p in providers.items() if p == {"openai"})
+        # Parameters beyond each API's own that the operator lets through to the provider.
+        everywhere = frozenset(str(k) for k in config.gateway_settings.get("extra_params") or ())
+        extra: dict[str, frozenset[str]] = {}
+        for e in config.model_list:
+            own = frozenset(str(k) for k in (e.get("model_info") or {}).get("extra_params") or ())
+            name = str(e["model_name"])
+            extra[name] = extra.get(name, frozenset()) | own
+        self._extra = {name: own | everywhere for name, own in extra.items()}
+        self._everywhere = everywhere
 
     def model_names(self) -> list[str]:
         return [n for n in self._names if "*" not in n]
 
     def has_model(self, name: str) -> bool:
         return name in self._exact or any(fnmatch.fnmatchcase(name, p) for p in self._patterns)
+
+    def extra_params(self, model: object) -> frozenset[str]:
+        """Parameters the operator allows for this model beyond the API's own."""
+        return self._extra.get(model, self._everywhere) if isinstance(model, str) else self._everywhere
 
     def owner(self, name: str) -> str:
         """The provider prefix of a model group's first deployment, for /v1/models."""
@@ -138,30 +118,55 @@ class LLMService:
             extra["user"] = params.pop("user")
             params["extra_body"] = extra
 
-    async def chat(self, params: dict[str, Any]) -> Any:
+    async def chat(self, params: dict[str, Any]) -> Completion | CompletionStream:
         """A chat completion, JSON or streamed, with the Router's retries, fallbacks and cooldowns.
 
-        Returns a DirectResponse/DirectStream for fast-path groups, else LiteLLM's
-        ModelResponse/CustomStreamWrapper. Errors before the first byte are translated.
+        `params` holds only parameters the API layer allowed. Errors before the first byte
+        are translated here.
         """
         try:
             if self.direct is not None and params["model"] in self.direct_groups:
                 return await self.direct.call(params)
             self._passthrough(params)
-            return await self.router.acompletion(**params, **_NO_MCP)
+            response = await self.router.acompletion(**params, **_NO_MCP)
         except Exception as exc:
             raise translate_error(exc) from exc
+        deployment_id, provider = _served_by(response)
+        if params.get("stream"):
+            return LiteLLMChatStream(response, deployment_id=deployment_id, provider=provider)
+        data: dict[str, Any] = orjson.loads(response.model_dump_json())
+        return Completion(
+            data=data,
+            usage=Usage.from_openai(data.get("usage")),
+            deployment_id=deployment_id,
+            provider=provider,
+            text=lambda: message_text(data),
+        )
 
-    async def embed(self, params: dict[str, Any]) -> Any:
+    async def embed(self, params: dict[str, Any]) -> Completion:
+        """Embeddings through the Router; billed on the provider's prompt token count."""
         try:
-            return await self.router.aembedding(**params)
+            response = await self.router.aembedding(**params)
         except Exception as exc:
             raise translate_error(exc) from exc
+        deployment_id, provider = _served_by(response)
+        data: dict[str, Any] = orjson.loads(response.model_dump_json())
+        reported = data.get("usage")
+        prompt = reported.get("prompt_tokens") if isinstance(reported, dict) else None
+        return Completion(
+            data=data,
+            usage=Usage.tokens(prompt, 0) if isinstance(prompt, int) and prompt > 0 else None,
+            deployment_id=deployment_id,
+            provider=provider,
+            text=lambda: "",
+        )
 
 
-def forbidden_params(body: dict[str, Any]) -> list[str]:
-    """Client-supplied keys that must never reach LiteLLM."""
-    return sorted(k for k in body if k in _FORBIDDEN_PARAMS)
+def _served_by(response: Any) -> tuple[str | None, str]:
+    """The deployment that answered and its provider, from what LiteLLM attaches to a response."""
+    hidden: dict[str, Any] = getattr(response, "_hidden_params", None) or {}
+    model_id = hidden.get("model_id")
+    return (None if model_id is None else str(model_id)), str(hidden.get("custom_llm_provider") or "unknown")
 
 
 def translate_error(exc: BaseException) -> GatewayError:

@@ -141,6 +141,12 @@ class Metrics:
             ("outcome",),
             registry=r,
         )
+        self._usage_counted = Counter(
+            "llm_usage_counted",
+            "Calls billed on the gateway's own token count because the provider reported no usage.",
+            ("endpoint",),
+            registry=r,
+        )
         self._billing_operations = Counter(
             "billing_operations",
             "Billing operations (reserve, settle, release, credit) by outcome.",
@@ -216,6 +222,11 @@ class Metrics:
         if child is None:
             child = self._rate_limit[outcome] = self._rate_limit_requests.labels(outcome)
         child.inc()
+
+    def usage_counted(self, *, endpoint: str) -> None:
+        """A call the provider reported no usage for: billed on the gateway's count."""
+        if self.enabled:
+            self._usage_counted.labels(endpoint).inc()
 
     def billing(self, *, operation: str, outcome: str) -> None:
         """Count one billing operation and its outcome."""

@@ -303,13 +303,19 @@ def test_unaffordable_max_tokens_is_402_saying_what_it_can_afford(gw: Gateway) -
 HUGE_MAX_TOKENS = 2**40  # more than a Postgres integer holds
 
 
-def test_huge_max_tokens_is_402_not_a_store_error(gw: Gateway, unchanged: str) -> None:
+def test_huge_max_tokens_is_a_400_naming_it_not_a_store_error(gw: Gateway, unchanged: str) -> None:
     r = chat(gw, unchanged, {"model": "fake", "messages": msg(), "max_tokens": HUGE_MAX_TOKENS})
+    error = assert_openai_error(r, 400, "invalid_request_error")
+    assert error["param"] == "max_tokens"
+
+
+def test_a_max_tokens_the_balance_cannot_pay_is_402(gw: Gateway, unchanged: str) -> None:
+    r = chat(gw, unchanged, {"model": "fake", "messages": msg(), "max_tokens": 2**31 - 1})
     error = assert_openai_error(r, 402, "insufficient_quota", "insufficient_balance")
     assert error["param"] == "max_tokens"
 
 
-def test_huge_max_tokens_on_postgres_is_402_not_a_store_error(
+def test_the_largest_max_tokens_on_postgres_is_402_not_a_store_error(
     tmp_path: Path, fake_provider: FakeProvider, pg_database: str
 ) -> None:
     gateway = start_gateway(
@@ -320,7 +326,7 @@ def test_huge_max_tokens_on_postgres_is_402_not_a_store_error(
     try:
         _, key = gateway.new_user(balance=1)
         _SECRETS.append(key)
-        r = chat(gateway, key, {"model": "fake", "messages": msg(), "max_tokens": HUGE_MAX_TOKENS})
+        r = chat(gateway, key, {"model": "fake", "messages": msg(), "max_tokens": 2**31 - 1})
         assert_openai_error(r, 402, "insufficient_quota", "insufficient_balance")
     finally:
         stop_gateway(gateway)
@@ -350,7 +356,7 @@ def test_unknown_model_is_404(gw: Gateway, unchanged: str, fake_provider: FakePr
     fake_provider.clear()
     for stream in (False, True):
         r = chat(gw, unchanged, {"model": "gpt-nonexistent", "messages": msg(), "stream": stream})
-        error = assert_openai_error(r, 404, "invalid_request_error", "model_not_found")
+        error = assert_openai_error(r, 404, "invalid_request_error", "unknown_url")
         assert error["param"] == "model" and "gpt-nonexistent" in error["message"]
     r = httpx.post(
         gw.v1 + "/embeddings", json={"model": "nope", "input": "hi"}, headers=bearer(unchanged), timeout=30
@@ -376,7 +382,7 @@ def test_unknown_model_through_the_sdk_is_not_found(gw: Gateway, unchanged: str)
 )
 def test_unknown_route_is_404(gw: Gateway, unchanged: str, method: str, path: str) -> None:
     r = httpx.request(method, gw.url + path, headers=bearer(unchanged), timeout=30)
-    error = assert_openai_error(r, 404, "invalid_request_error", "model_not_found")
+    error = assert_openai_error(r, 404, "invalid_request_error", "unknown_url")
     assert path in error["message"]
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import openai
 import pytest
 
-from app.billing.tokens import count_prompt_tokens
+from app.billing.estimate import chat_prompt_tokens
 from tests.billing.support import account, charges, expected_cost, provider_prompt_tokens, provider_saw, tag
 from tests.conftest import INPUT_PRICE, OUTPUT_PRICE, Gateway, model_entry, start_gateway, stop_gateway
 from tests.fake_provider import FakeProvider
@@ -64,7 +64,7 @@ def _messages() -> list[dict[str, Any]]:
 
 async def _affordable(model: str, balance: Decimal, messages: list[dict[str, Any]]) -> int:
     """Completion tokens `balance` pays for after the prompt, as the gateway counts the prompt."""
-    prompt = await count_prompt_tokens(model, messages)
+    prompt = await chat_prompt_tokens(model, {"messages": messages})
     return int((balance - prompt * INPUT_PRICE) // OUTPUT_PRICE)
 
 
