@@ -57,6 +57,8 @@ The first part is a free name (``fake``); unknown parts are ignored, so
 * ``drop-<k>``        streaming: send k content chunks then abort the TCP
   connection (no finish chunk, no [DONE]); non-streaming: abort without
   any response.
+* ``ignoremax``       chat: generate all ``chunks-<n>`` tokens whatever
+  ``max_tokens`` / ``max_completion_tokens`` say (a provider that ignores the limit).
 * ``nousage``         never report usage (no ``usage`` key in JSON, no usage
   chunk even when ``stream_options.include_usage`` is true).
 * ``ctx-<n>``         context window of n prompt tokens; larger prompts get a
@@ -266,7 +268,7 @@ except Exception:  # pragma: no cover - stdlib fallback
 _INT_DIRECTIVES = ("fail", "slow", "chunks", "chunkdelay", "drop", "ctx",
                    "failfirst", "retryafter", "reasoning", "cached", "cachewrite",
                    "cacheread")
-_FLAG_DIRECTIVES = ("nousage", "spaced", "toolstream")
+_FLAG_DIRECTIVES = ("nousage", "spaced", "toolstream", "ignoremax")
 _parse_cache: dict[str, dict] = {}
 
 
@@ -279,7 +281,7 @@ def parse_model(model) -> dict:
         return d
     d = {"chunks": DEFAULT_CHUNKS, "chunkdelay": 0, "slow": 0, "fail": None,
          "drop": None, "ctx": None, "failfirst": 0, "retryafter": None,
-         "nousage": False, "spaced": False, "toolstream": False, "reasoning": None,
+         "nousage": False, "ignoremax": False, "spaced": False, "toolstream": False, "reasoning": None,
          "cached": None, "cachewrite": None, "cacheread": None}
     for part in model.split("+")[1:] if "+" in model else ():
         part = part.strip().lower()
@@ -528,7 +530,7 @@ def build_app(record_limit: int | None = None):
         if cap is None:
             cap = body.get("max_tokens")
         g = n_tok
-        if isinstance(cap, int) and cap < g:
+        if isinstance(cap, int) and cap < g and not d["ignoremax"]:
             g = max(cap, 0)
         finish = "length" if g < n_tok else "stop"
 

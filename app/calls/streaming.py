@@ -52,13 +52,16 @@ async def metered(
             async for block in stream.events():
                 if call.first_token is None:
                     call.first_token = time.perf_counter()
-                yield block
-                if limit is not None and meter.events > limit:
-                    outcome = "length"
-                    log.warning("stream outgrew its hold: cut", extra={"billing_request": call.request_id})
-                    await _close(stream)
-                    yield stream.cut()
-                    break
+                if limit is None or meter.events <= limit:
+                    yield block
+                    continue
+                outcome = "length"
+                log.warning("stream outgrew its hold: cut", extra={"billing_request": call.request_id})
+                await _close(stream)
+                yield _first_events(block, block.count(b"\n\n") - (meter.events - limit))
+                meter.events = limit
+                yield stream.cut()
+                break
         except Exception as exc:
             if not drain.fired:
                 outcome = "error"
@@ -113,6 +116,14 @@ async def _settle_dropped(
     """Charge a dropped stream for the prompt and the completion generated so far."""
     await _settle(stream, call, hold, billing, recorder)
     recorder.finished(call, "client_closed")
+
+
+def _first_events(block: bytes, keep: int) -> bytes:
+    """The first `keep` SSE events of a block."""
+    if keep <= 0:
+        return b""
+    events = block.split(b"\n\n")[:keep]
+    return b"\n\n".join(events) + b"\n\n"
 
 
 async def _close(stream: CompletionStream) -> None:
