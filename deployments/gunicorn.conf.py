@@ -58,6 +58,10 @@ preload_app = False
 timeout = _env_int("GUNICORN_TIMEOUT", 600)
 # On reload or TERM, streams in flight get this long to finish before the worker is killed.
 graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 120)
+# The app ends the streams still running 10 s before that (an error event, charged for what was
+# generated), and uvicorn waits 5 s past its deadline: the charges land before any kill.
+stream_deadline = min(_env_int("SHUTDOWN_STREAM_DEADLINE_SECONDS", 110), max(graceful_timeout - 10, 1))
+os.environ["SHUTDOWN_STREAM_DEADLINE_SECONDS"] = str(stream_deadline)  # the workers' Settings read it
 # Longer than nginx's upstream keepalive_timeout (60s) so nginx, not gunicorn, closes idle
 # upstream connections; otherwise nginx may reuse a socket gunicorn is closing (spurious 502).
 keepalive = _env_int("GUNICORN_KEEPALIVE", 75)
@@ -211,7 +215,11 @@ class _AccessLog:
 class JsonAccessUvicornWorker(UvicornWorker):  # type: ignore[misc]
     """Uvicorn worker whose access lines come from gunicorn's `access_log_format`."""
 
-    CONFIG_KWARGS = {**UvicornWorker.CONFIG_KWARGS, "access_log": False}
+    CONFIG_KWARGS = {
+        **UvicornWorker.CONFIG_KWARGS,
+        "access_log": False,
+        "timeout_graceful_shutdown": stream_deadline + 5,
+    }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -120,11 +120,15 @@ def test_a_missing_config_stops_start_up_with_a_clear_message(tmp_path: Path) ->
 
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """The repository's own config.yaml, started as the README's quick start does."""
+    """The repository's own config.yaml, started as the README's quick start (`make run`) does."""
     gateway = start_gateway(
         tmp_path_factory.mktemp("shipped"),
         models=[],
-        env={"GATEWAY_CONFIG": str(ROOT / "config.yaml"), "ENVIRONMENT": "development"},
+        env={
+            "GATEWAY_CONFIG": str(ROOT / "config.yaml"),
+            "ENVIRONMENT": "development",
+            "DEMO_API_KEY": "sk-gw-demo",
+        },
     )
     yield gateway
     stop_gateway(gateway)
@@ -153,3 +157,20 @@ def test_shipped_config_demo_model_streams(shipped: Gateway) -> None:
     )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Hello from the gateway's demo model!"
+
+
+@pytest.mark.parametrize("store", ["sqlite-not-asked", "postgres-asked"])
+def test_the_demo_key_exists_only_when_asked_for_on_the_embedded_store(
+    tmp_path: Path, store: str, pg_database: str
+) -> None:
+    env = {"GATEWAY_CONFIG": str(ROOT / "config.yaml"), "ENVIRONMENT": "development"}
+    if store == "postgres-asked":
+        env |= {"DATABASE_URL": pg_database, "DEMO_API_KEY": "sk-gw-demo"}
+    gateway = start_gateway(tmp_path, models=[], env=env)
+    try:
+        r = httpx.get(gateway.url + "/billing/balance", headers=bearer("sk-gw-demo"), timeout=30)
+        assert r.status_code == 401, r.text
+    finally:
+        stop_gateway(gateway)
+    if store == "postgres-asked":
+        assert "DEMO_API_KEY is ignored" in gateway.log_path.read_text()

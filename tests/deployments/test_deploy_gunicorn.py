@@ -31,6 +31,8 @@ print(json.dumps({
     "forwarded_allow_ips": ns["forwarded_allow_ips"], "preload_app": ns["preload_app"],
     "accesslog": ns["accesslog"], "access_log_format": ns["access_log_format"],
     "hooks": [h for h in ("on_starting", "child_exit", "on_exit") if callable(ns.get(h))],
+    "stream_deadline": ns["stream_deadline"],
+    "uvicorn_graceful": ns["worker_class"].CONFIG_KWARGS["timeout_graceful_shutdown"],
 }))
 """
 
@@ -71,7 +73,7 @@ async def app(scope, receive, send):
 
 
 def read_conf(**env: str) -> dict[str, object]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("GUNICORN_", "WEB_"))}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("GUNICORN_", "WEB_", "SHUTDOWN_"))}
     for name in ("HOST", "PORT", "TRUSTED_PROXIES"):
         clean.pop(name, None)
     result = subprocess.run(
@@ -92,6 +94,8 @@ def test_defaults() -> None:
     assert conf["workers"] == (os.cpu_count() or 1)
     assert conf["bind"] == ["127.0.0.1:8000"]
     assert conf["timeout"] == 600 and conf["graceful_timeout"] == 120
+    # The app ends streams, then uvicorn stops waiting, before gunicorn kills a worker.
+    assert (conf["stream_deadline"], conf["uvicorn_graceful"]) == (110, 115)
     assert conf["max_requests"] == 10000 and conf["max_requests_jitter"] == 1000
     assert conf["forwarded_allow_ips"] == "127.0.0.1"
     assert conf["preload_app"] is False
@@ -115,6 +119,7 @@ def test_environment_overrides() -> None:
     assert conf["accesslog"] is None
     assert read_conf(GUNICORN_BIND="127.0.0.1:7000", PORT="1")["bind"] == ["127.0.0.1:7000"]
     assert read_conf(GUNICORN_WORKERS="5")["workers"] == 5
+    assert read_conf(GUNICORN_GRACEFUL_TIMEOUT="30")["stream_deadline"] == 20
 
 
 def test_bad_number_names_the_variable() -> None:
