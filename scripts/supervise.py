@@ -4,7 +4,7 @@ The command runs in its own session as a child of this process, which is made a 
 subreaper: processes the command leaves behind (a gateway, a gunicorn master in its own
 session, the fake provider) are re-parented here instead of to init, so they can be found.
 The first SIGINT or SIGTERM is passed on as one SIGINT, so pytest tears its fixtures down;
-a second signal, or a command still running GRACE seconds later, gets SIGKILL. When the
+a second signal (over 2 s later), or a command still running GRACE seconds later, gets SIGKILL. When the
 command has exited, whatever is left below this process is terminated, then killed.
 Exits with the command's status (128 + signal number when it was killed by a signal).
 """
@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 
 GRACE = 60.0  # seconds for pytest's teardown after the first interrupt
+SAME_INTERRUPT = 2.0  # signals this close together count as one
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -61,7 +62,8 @@ def reap_leftovers() -> None:
     left = descendants()
     if not left:
         return
-    print(f"[supervise] stopping {len(left)} process(es) left running", file=sys.stderr)
+    names = sorted({_command(pid) for pid in left})
+    print(f"[supervise] stopping {len(left)} process(es) left running: {', '.join(names)}", file=sys.stderr)
     signal_all(left, signal.SIGTERM)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and descendants():
@@ -69,6 +71,14 @@ def reap_leftovers() -> None:
         time.sleep(0.1)
     signal_all(descendants(), signal.SIGKILL)
     _reap_zombies()
+
+
+def _command(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:80] or str(pid)
+    except OSError:
+        return str(pid)
 
 
 def _reap_zombies() -> None:
@@ -110,7 +120,11 @@ def main(argv: list[str]) -> int:
     started: list[int] = []
 
     def on_signal(signum: int, _frame: object) -> None:
-        interrupts.append(time.monotonic())
+        now = time.monotonic()
+        # A terminal's Ctrl-C reaches this process and the shell that forwards it: one interrupt.
+        if interrupts and now - interrupts[-1] < SAME_INTERRUPT:
+            return
+        interrupts.append(now)
         name = signal.Signals(signum).name
         if not started:
             sys.exit(128 + signum)
