@@ -22,6 +22,7 @@ from collections.abc import Callable
 GRACE = 60.0  # seconds for pytest's teardown after the first interrupt
 SAME_INTERRUPT = 2.0  # signals this close together count as one
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_PDEATHSIG = 1
 
 
 def descendants() -> list[int]:
@@ -110,6 +111,12 @@ def wait_reaping_orphans(pid: int, interrupts: list[float], kill: Callable[[], N
                 killed = True
 
 
+def _interrupt_when_orphaned() -> None:
+    """In the child: SIGINT it if this process dies (killed outright), so pytest still tears down."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGINT, 0, 0, 0)
+
+
 def main(argv: list[str]) -> int:
     if not argv:
         print("usage: supervise.py COMMAND [ARG...]", file=sys.stderr)
@@ -140,7 +147,7 @@ def main(argv: list[str]) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, on_signal)
     # Its own session: a terminal's Ctrl-C reaches the command once, from here, not twice.
-    child = subprocess.Popen(argv, start_new_session=True)
+    child = subprocess.Popen(argv, start_new_session=True, preexec_fn=_interrupt_when_orphaned)
     started.append(child.pid)
     # Popen's own wait and poll are not used: they would race with waitpid(-1) for the child.
     returncode = wait_reaping_orphans(child.pid, interrupts, lambda: signal_all(started, signal.SIGKILL))
