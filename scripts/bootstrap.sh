@@ -22,7 +22,7 @@ fi
 stamp=".venv/.installed-$(cat requirements.txt "$req" | sha256sum | cut -c1-16)-$(basename "$req")"
 if [ ! -f "$stamp" ]; then
     started=$SECONDS
-    total=$(cat requirements.txt "$req" | grep -c '==')
+    total=$(cat requirements.txt "$req" | grep '==' | sort -u | wc -l)
     log "installing $total pinned packages from $req into .venv (about a minute the first time)"
     .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' >&2 || true
     # pip's own output, condensed to a progress line every 10 packages.

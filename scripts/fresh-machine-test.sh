@@ -19,6 +19,7 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=${FRESH_WORK:-/var/tmp/gw-fresh}
+# shellcheck disable=SC1091
 suite=${FRESH_SUITE:-$(. /etc/os-release && echo "$VERSION_CODENAME")}
 mirror=${FRESH_MIRROR:-http://deb.debian.org/debian}
 cases=${1:-both}

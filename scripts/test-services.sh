@@ -37,9 +37,12 @@ apt_install() {
         as_root apt-get update -qq >&2 || die "apt-get update failed"
         apt_updated=1
     fi
-    log "installing $* (apt-get)"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2 \
-        || die "apt-get install $* failed"
+    local apt_log="$PWD/.data/apt-get.log"
+    mkdir -p .data
+    log "installing $* (apt-get; its output: $apt_log)"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" \
+        >"$apt_log" 2>&1 || die "apt-get install $* failed; $apt_log ends with:
+$(tail -15 "$apt_log")"
 }
 
 pg_bindir() { find /usr/lib/postgresql -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -1; }
