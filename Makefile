@@ -1,4 +1,4 @@
-.PHONY: run test lint bench soak migrate install clean
+.PHONY: run test check-env lint bench soak migrate install clean
 
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 
@@ -6,8 +6,12 @@ run:  ## start the gateway on the embedded store (demo model and demo key includ
 	@bash scripts/bootstrap.sh
 	DEMO_API_KEY=$${DEMO_API_KEY:-sk-gw-demo} .venv/bin/python -m app
 
-test:  ## the whole test-suite; installs what is missing (venv, PostgreSQL, Redis, Nginx)
+test:  ## the whole test-suite on private PostgreSQL and Redis; installs what is missing (see README)
 	bash scripts/test.sh $(ARGS)
+
+check-env:  ## validate settings and reach every dependency (ARGS=--online also calls each provider)
+	@bash scripts/bootstrap.sh
+	.venv/bin/python check_env.py $(ARGS)
 
 lint:  ## ruff (lint + format check) and mypy --strict on app/
 	@bash scripts/bootstrap.sh --dev

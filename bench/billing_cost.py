@@ -30,8 +30,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.targets import PG_SERVER  # noqa: E402  (BENCH_PG_SERVER; tests' servers exist only under make test)
 from tests.billing.tcp_proxy import TcpProxy  # noqa: E402
-from tests.conftest import PG_SERVER, Gateway, model_entry, start_gateway, stop_gateway  # noqa: E402
+from tests.conftest import Gateway, model_entry, start_gateway, stop_gateway  # noqa: E402
 from tests.fake_provider import FakeProvider  # noqa: E402
 
 

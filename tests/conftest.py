@@ -25,8 +25,10 @@ from tests.fake_provider import FakeProvider
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_KEY = "test-admin-key-0123456789"
-PG_SERVER = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# The servers the suite talks to: the private ones `make test` starts, or ones the user named.
+# Never a default: a server on 127.0.0.1:5432 may be someone else's.
+PG_SERVER = os.environ.get("TEST_DATABASE_URL", "")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "")
 
 # Prices used by test configs: exact, so expected charges can be computed by hand.
 INPUT_PRICE = Decimal("0.000001")
@@ -53,6 +55,17 @@ def wait_http(url: str, *, timeout: float = 30.0, proc: subprocess.Popen[bytes] 
     raise TimeoutError(f"{url} did not answer in {timeout} s")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    given = {"TEST_DATABASE_URL": PG_SERVER, "TEST_REDIS_URL": REDIS_URL}
+    missing = [name for name, value in given.items() if not value]
+    if missing:
+        raise pytest.UsageError(
+            f"{' and '.join(missing)} not set. Run the tests with `make test` (add ARGS=... for pytest's"
+            " arguments): it starts a private PostgreSQL and Redis for the run. To use servers of your"
+            " own, set TEST_DATABASE_URL=postgresql://... and TEST_REDIS_URL=redis://..."
+        )
+
+
 @pytest.fixture(scope="session")
 def fake_provider() -> Iterator[FakeProvider]:
     with FakeProvider() as fp:
@@ -64,6 +77,35 @@ def _admin_dsn(dbname: str) -> str:
     return f"{base}/{dbname}"
 
 
+# Databases a run creates carry this comment, so a later run on the same host can drop the ones
+# whose run died before its teardown (SIGKILL, a machine reset) even on a server it shares.
+RUN_TAG = f"llm-gateway test run {socket.gethostname()} pid "
+
+
+async def tag_database(conn: asyncpg.Connection, name: str) -> None:
+    """Mark database `name` as this run's, for drop_abandoned_databases."""
+    await conn.execute(f"comment on database \"{name}\" is '{RUN_TAG}{os.getpid()}'")
+
+
+async def drop_abandoned_databases(conn: asyncpg.Connection) -> None:
+    """Drop the databases of earlier runs on this host whose process is gone."""
+    rows = await conn.fetch(
+        "select datname, shobj_description(oid, 'pg_database') as note from pg_database"
+        " where shobj_description(oid, 'pg_database') like $1",
+        RUN_TAG + "%",
+    )
+    for row in rows:
+        pid = int(row["note"].removeprefix(RUN_TAG))
+        try:
+            os.kill(pid, 0)
+            continue  # that run is still going
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # another user's live process
+        await conn.execute(f'drop database if exists "{row["datname"]}" with (force)')
+
+
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:
     """A fresh database on the test server for this run, dropped afterwards."""
@@ -71,18 +113,27 @@ def pg_database() -> Iterator[str]:
 
     name = f"gwtest_{uuid.uuid4().hex[:12]}"
 
-    async def run(sql: str) -> None:
+    async def create() -> None:
         conn = await asyncpg.connect(PG_SERVER)
         try:
-            await conn.execute(sql)
+            await drop_abandoned_databases(conn)
+            await conn.execute(f'create database "{name}"')
+            await tag_database(conn, name)
         finally:
             await conn.close()
 
-    asyncio.run(run(f'create database "{name}"'))
+    async def drop() -> None:
+        conn = await asyncpg.connect(PG_SERVER)
+        try:
+            await conn.execute(f'drop database if exists "{name}" with (force)')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
     try:
         yield _admin_dsn(name)
     finally:
-        asyncio.run(run(f'drop database if exists "{name}" with (force)'))
+        asyncio.run(drop())
 
 
 def model_entry(name: str, behaviour: str, api_base: str, **info: Any) -> dict[str, Any]:

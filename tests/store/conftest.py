@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from app.store.migrations import apply_migrations
-from tests.conftest import PG_SERVER
+from tests.conftest import PG_SERVER, drop_abandoned_databases, tag_database
 from tests.store.postgrest_shim import PostgrestShim
 
 ADMIN_DSN = PG_SERVER
@@ -25,7 +25,9 @@ async def create_database(name: str, *, migrate: bool = True) -> str:
     """Create database `name` (with the gateway's migrations applied) and return its URL."""
     admin = await asyncpg.connect(ADMIN_DSN)
     try:
+        await drop_abandoned_databases(admin)
         await admin.execute(f'create database "{name}"')
+        await tag_database(admin, name)
     finally:
         await admin.close()
     if migrate:
