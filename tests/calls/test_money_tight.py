@@ -109,7 +109,7 @@ def _cost(prompt: int, completion: int, inp: Decimal = INPUT_PRICE, out: Decimal
 def test_a_parameter_outside_the_api_is_a_400_naming_it_and_never_reaches_the_provider(
     gw: Gateway, fake_provider: FakeProvider, extra: dict[str, Any]
 ) -> None:
-    user_id, key = gw.new_user(Decimal("0.15"))
+    _, key = gw.new_user(Decimal("0.15"))
     messages = _msg()
     r = _post(gw, key, {"model": "plain", "messages": messages, **extra})
     error = assert_openai_error(r, 400, "invalid_request_error")
@@ -150,7 +150,9 @@ def test_embeddings_with_a_mistyped_encoding_format_is_a_400(gw: Gateway) -> Non
 def test_both_token_limits_are_capped_at_what_was_held(gw: Gateway, fake_provider: FakeProvider) -> None:
     _, key = gw.new_user(1)
     messages = _msg()
-    r = _post(gw, key, {"model": "plain", "messages": messages, "max_completion_tokens": 2, "max_tokens": 3000})
+    r = _post(
+        gw, key, {"model": "plain", "messages": messages, "max_completion_tokens": 2, "max_tokens": 3000}
+    )
     assert r.status_code == 200, r.text
     [seen] = _seen(fake_provider, messages[0]["content"].split()[0])
     assert (seen["max_completion_tokens"], seen["max_tokens"]) == (2, 2)
@@ -197,7 +199,7 @@ def test_cached_and_reasoning_tokens_are_charged_at_their_own_prices(gw: Gateway
 
 
 def test_a_json_answer_carries_its_cost_and_its_ledger_id(gw: Gateway) -> None:
-    user_id, key = gw.new_user(1)
+    _, key = gw.new_user(1)
     r = _post(gw, key, {"model": "plain", "messages": _msg()}, "/v1/chat/completions")
     assert r.status_code == 200, r.text
     rid = r.headers["x-gateway-request-id"]
@@ -234,7 +236,11 @@ def test_a_spaced_usage_chunk_is_found_and_billed_and_only_sent_to_who_asked(gw:
             body["stream_options"] = {"include_usage": True}
         r = _post(gw, key, body)
         assert r.status_code == 200, r.text
-        chunks = [json.loads(line[6:], parse_float=Decimal) for line in r.text.splitlines() if line.startswith("data: {")]
+        chunks = [
+            json.loads(line[6:], parse_float=Decimal)
+            for line in r.text.splitlines()
+            if line.startswith("data: {")
+        ]
         assert all(c.get("choices") for c in chunks[:-1])
         rid = r.headers["x-gateway-request-id"]
         charge = -charges(gw, key)[rid].amount

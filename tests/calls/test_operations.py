@@ -90,7 +90,9 @@ def test_the_gateway_starts_without_its_database_and_recovers_when_it_returns(
                 time.sleep(0.5)
             _, key = gw.new_user(1)
             with gw.client(key) as client:
-                answer = client.chat.completions.create(model="fake", messages=[{"role": "user", "content": "hi"}])
+                answer = client.chat.completions.create(
+                    model="fake", messages=[{"role": "user", "content": "hi"}]
+                )
             assert answer.choices[0].message.content
         finally:
             stop_gateway(gw)
