@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
 
+from app.accounts.errors import key_refusal
 from app.billing.journal import PendingSettlement, SettlementJournal
 from app.billing.pricing import Price, PriceBook, call_cost
 from app.errors import GatewayError, InsufficientBalance, InvalidRequest, StoreUnavailable
@@ -101,6 +102,7 @@ class BillingService:
         prompt_tokens: int,
         max_tokens: int | None,
         n: int = 1,
+        key_id: str | None = None,
     ) -> Hold | None:
         """Hold the most this call can cost; the hold's max_tokens caps the call."""
         if not self.enabled:
@@ -121,11 +123,15 @@ class BillingService:
                 max_tokens=None if max_tokens is None else min(max_tokens, 2**31 - 1),
                 model_max_output=model_cap,
                 ttl_seconds=self._ttl,
+                model=model,
+                key_id=key_id,
             )
         except StoreError as exc:
             self._metrics.billing(operation="reserve", outcome="store_error")
             raise StoreUnavailable("Billing is unavailable; the request was not run.") from exc
         self._metrics.billing(operation="reserve", outcome=r.status)
+        if (refusal := key_refusal(r.status, model=model)) is not None:
+            raise refusal
         if r.status == "ok":
             # A call without max_tokens is capped at what was held for it (the balance, the
             # model's limit or the default budget): uncapped, it could generate more than the
