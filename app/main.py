@@ -17,7 +17,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api import admin, billing, chat, embeddings, health, models
+from app.api import account, admin, billing, chat, embeddings, health, models
 from app.auth.invalidation import InvalidationBus
 from app.auth.jwt import JwtVerifier
 from app.auth.service import Authenticator
@@ -216,6 +216,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     for module in (chat, embeddings, models, billing, admin, health):
         app.include_router(module.router)
+    app.include_router(account.router)
     _install_error_handlers(app)
     if settings.ALLOWED_HOSTS and settings.ALLOWED_HOSTS != ["*"]:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.ALLOWED_HOSTS)

@@ -89,6 +89,7 @@ async def _chat(request: Request, state: AppState, principal: Principal, chat: C
         prompt_tokens=call.prompt_tokens,
         max_tokens=chat.max_tokens,
         n=chat.n,
+        key_id=principal.key_id,
     )
     if hold is not None and hold.max_tokens is not None:
         chat.params[chat.max_tokens_key] = hold.max_tokens  # the balance affords no more

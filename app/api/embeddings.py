@@ -31,6 +31,7 @@ async def embeddings(request: Request) -> Response:
         model=req.model,
         prompt_tokens=prompt_tokens,
         max_tokens=None,
+        key_id=principal.key_id,
     )
     try:
         response = await state.llm.embed(req.params)
