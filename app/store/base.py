@@ -91,6 +91,17 @@ class UsageRow:
     cost: Decimal
 
 
+@dataclass(frozen=True, slots=True)
+class Reversal:
+    """A refund or dispute applied to a payment: what the balance gave back, what became debt."""
+
+    status: Literal["applied", "duplicate", "unknown_payment"]
+    user_id: str | None
+    taken: Decimal
+    debt: Decimal
+    balance: Decimal
+
+
 ReserveStatus = Literal[
     "ok",
     "insufficient",
@@ -241,6 +252,25 @@ class Store(Protocol):
 
     async def usage(self, user_id: str, *, start: date, end: date, group_by: UsageGroup) -> list[UsageRow]:
         """Usage rollups for days in [start, end), grouped by day, model or key."""
+        ...
+
+    async def payment_credit(
+        self,
+        *,
+        user_id: str,
+        session_id: str,
+        payment_intent: str | None,
+        amount: Decimal,
+        event_id: str,
+        event_type: str,
+    ) -> tuple[bool, Decimal]:
+        """Credit a paid checkout once per session and per event id; debt is paid first."""
+        ...
+
+    async def payment_reverse(
+        self, *, payment_intent: str, amount: Decimal, cumulative: bool, event_id: str, event_type: str
+    ) -> Reversal:
+        """Take a refunded or disputed payment back once per event; what is not there becomes debt."""
         ...
 
     async def audit(self) -> list[AuditRow]:

@@ -18,6 +18,7 @@ from app.store.base import (
     KeyPolicy,
     RequestRecord,
     Reservation,
+    Reversal,
     Settlement,
     StoreError,
     Transaction,
@@ -333,6 +334,42 @@ class PostgresStore:
         if row is None:
             return None
         return request_from_row(row, None if row["usage"] is None else orjson.loads(row["usage"]))
+
+    async def payment_credit(
+        self,
+        *,
+        user_id: str,
+        session_id: str,
+        payment_intent: str | None,
+        amount: Decimal,
+        event_id: str,
+        event_type: str,
+    ) -> tuple[bool, Decimal]:
+        row = await self._row(
+            "select * from billing_payment_credit($1, $2, $3, $4, $5, $6)",
+            user_id,
+            session_id,
+            payment_intent,
+            amount,
+            event_id,
+            event_type,
+        )
+        assert row is not None
+        return bool(row["applied"]), row["balance"]
+
+    async def payment_reverse(
+        self, *, payment_intent: str, amount: Decimal, cumulative: bool, event_id: str, event_type: str
+    ) -> Reversal:
+        row = await self._row(
+            "select * from billing_payment_reverse($1, $2, $3, $4, $5)",
+            payment_intent,
+            amount,
+            cumulative,
+            event_id,
+            event_type,
+        )
+        assert row is not None
+        return Reversal(row["status"], row["user_id"], row["taken"], row["debt"], row["balance"])
 
     async def audit(self) -> list[AuditRow]:
         rows = await self._run(lambda c: c.fetch("select * from billing_audit()"))

@@ -27,6 +27,7 @@ from app.store.base import (
     KeyPolicy,
     RequestRecord,
     Reservation,
+    Reversal,
     Settlement,
     StoreError,
     Transaction,
@@ -130,6 +131,19 @@ class SqliteStore:
             have = {r["name"] for r in conn.execute(f"pragma table_info({table})")}
             if column not in have:
                 conn.execute(f"alter table {table} add column {column} {decl}")
+        (table_sql,) = conn.execute("select sql from sqlite_master where name = 'transactions'").fetchone()
+        if "'refund'" not in table_sql:
+            # SQLite cannot alter a CHECK: rebuild the ledger with the kinds payments added.
+            conn.executescript(
+                "begin immediate; alter table transactions rename to transactions_old;"
+                " drop trigger if exists transactions_no_update;"
+                " drop trigger if exists transactions_no_delete;"
+                " drop index if exists transactions_user_idx; drop index if exists transactions_charge_once;"
+                " drop index if exists transactions_credit_once;"
+                + _SCHEMA_FILE.read_text(encoding="utf-8")
+                + "; insert into transactions select * from transactions_old;"
+                " drop table transactions_old; commit;"
+            )
         self._conn = conn
 
     async def close(self) -> None:
@@ -330,21 +344,105 @@ class SqliteStore:
     async def credit(
         self, *, user_id: str, amount: Decimal, description: str, idempotency_key: str | None
     ) -> tuple[Decimal, bool]:
-        def op(conn: sqlite3.Connection) -> tuple[Decimal, bool]:
+        return await self._call(
+            self._tx(lambda conn: self._credit(conn, user_id, amount, description, idempotency_key))
+        )
+
+    def _credit(
+        self, conn: sqlite3.Connection, user_id: str, amount: Decimal, description: str, key: str | None
+    ) -> tuple[Decimal, bool]:
+        """As billing_credit: once per idempotency key; a positive credit pays the debt first."""
+        user = self._locked_user(conn, user_id)
+        cur = conn.execute(
+            "insert or ignore into transactions"
+            " (user_id, amount, kind, description, idempotency_key)"
+            " values (?, ?, 'credit', ?, ?)",
+            (user_id, str(money(amount)), description, key),
+        )
+        if cur.rowcount != 1:
+            return user.balance, False
+        paid = min(user.debt, money(amount)) if amount > 0 else Decimal(0)
+        if paid > 0:
+            conn.execute(
+                "insert into transactions (user_id, amount, kind, description)"
+                " values (?, ?, 'debt_payment', ?)",
+                (user_id, str(-paid), f"paid towards debt from {description}"),
+            )
+            conn.execute("update users set debt = ? where id = ?", (str(money(user.debt - paid)), user_id))
+        balance = user.balance + money(amount) - paid
+        if balance < user.reserved:
+            raise BalanceConflict("adjustment would take held funds")
+        self._set_money(conn, user_id, balance, user.reserved)
+        return money(balance), True
+
+    async def payment_credit(
+        self,
+        *,
+        user_id: str,
+        session_id: str,
+        payment_intent: str | None,
+        amount: Decimal,
+        event_id: str,
+        event_type: str,
+    ) -> tuple[bool, Decimal]:
+        def op(conn: sqlite3.Connection) -> tuple[bool, Decimal]:
             user = self._locked_user(conn, user_id)
             cur = conn.execute(
-                "insert or ignore into transactions"
-                " (user_id, amount, kind, description, idempotency_key)"
-                " values (?, ?, 'credit', ?, ?)",
-                (user_id, str(money(amount)), description, idempotency_key),
+                "insert or ignore into payment_events (id, type, payment) values (?, ?, ?)",
+                (event_id, event_type, session_id),
             )
             if cur.rowcount != 1:
-                return user.balance, False
-            balance = user.balance + money(amount)
-            if balance < user.reserved:
-                raise BalanceConflict("adjustment would take held funds")
-            self._set_money(conn, user_id, balance, user.reserved)
-            return money(balance), True
+                return False, user.balance
+            cur = conn.execute(
+                "insert or ignore into payments (id, user_id, payment_intent, amount) values (?, ?, ?, ?)",
+                (session_id, user_id, payment_intent, str(money(amount))),
+            )
+            if cur.rowcount != 1:
+                return False, user.balance
+            balance, applied = self._credit(
+                conn, user_id, amount, f"Stripe payment {session_id}", f"stripe:{session_id}"
+            )
+            return applied, balance
+
+        return await self._call(self._tx(op))
+
+    async def payment_reverse(
+        self, *, payment_intent: str, amount: Decimal, cumulative: bool, event_id: str, event_type: str
+    ) -> Reversal:
+        def op(conn: sqlite3.Connection) -> Reversal:
+            pay = conn.execute(
+                "select id, user_id, amount, reversed from payments where payment_intent = ?",
+                (payment_intent,),
+            ).fetchone()
+            if pay is None:
+                return Reversal("unknown_payment", None, Decimal(0), Decimal(0), Decimal(0))
+            user = self._locked_user(conn, pay["user_id"])
+            cur = conn.execute(
+                "insert or ignore into payment_events (id, type, payment) values (?, ?, ?)",
+                (event_id, event_type, pay["id"]),
+            )
+            if cur.rowcount != 1:
+                return Reversal("duplicate", user.id, Decimal(0), user.debt, user.balance)
+            paid, reversed_ = to_decimal(pay["amount"]), to_decimal(pay["reversed"])
+            if cumulative:
+                delta = min(money(amount), paid) - reversed_
+            else:
+                delta = min(money(amount), paid - reversed_)
+            delta = max(delta, Decimal(0))
+            take = min(delta, max(user.available, Decimal(0)))
+            if take > 0:
+                conn.execute(
+                    "insert into transactions (user_id, amount, kind, description)"
+                    " values (?, ?, 'refund', ?)",
+                    (user.id, str(-take), f"{event_type.replace('.', ' ')} of Stripe payment {pay['id']}"),
+                )
+            conn.execute(
+                "update payments set reversed = ? where id = ?", (str(money(reversed_ + delta)), pay["id"])
+            )
+            debt = money(user.debt + delta - take)
+            conn.execute("update users set debt = ? where id = ?", (str(debt), user.id))
+            self._set_money(conn, user.id, user.balance - take, user.reserved)
+            return Reversal("applied", user.id, take, debt, money(user.balance - take))
 
         return await self._call(self._tx(op))
 

@@ -11,7 +11,8 @@ create table if not exists api_keys (
     budget_held text not null default '0', expires_at text, models text);
 create table if not exists transactions (
     id integer primary key autoincrement, user_id text not null references users (id),
-    amount text not null, kind text not null check (kind in ('credit', 'charge')),
+    amount text not null,
+    kind text not null check (kind in ('credit', 'charge', 'refund', 'debt_payment')),
     description text not null, model text, request_id text, prompt_tokens integer,
     completion_tokens integer, idempotency_key text,
     created_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')));
@@ -40,3 +41,10 @@ create table if not exists usage_rollups (
     key_id text not null default '', requests integer not null default 0,
     prompt_tokens integer not null default 0, completion_tokens integer not null default 0,
     cost text not null default '0', primary key (user_id, day, model, key_id));
+create table if not exists payments (
+    id text primary key, user_id text not null references users (id), payment_intent text unique,
+    amount text not null, reversed text not null default '0',
+    created_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')));
+create table if not exists payment_events (
+    id text primary key, type text not null, payment text,
+    received_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')));

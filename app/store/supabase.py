@@ -18,6 +18,7 @@ from app.store.base import (
     KeyPolicy,
     RequestRecord,
     Reservation,
+    Reversal,
     Settlement,
     StoreError,
     Transaction,
@@ -358,6 +359,43 @@ class SupabaseStore:
         row["settled_at"] = row["settled_at"] and datetime.fromisoformat(row["settled_at"])
         usage = row["usage"]
         return request_from_row(row, usage if isinstance(usage, dict) else None)
+
+    async def payment_credit(
+        self,
+        *,
+        user_id: str,
+        session_id: str,
+        payment_intent: str | None,
+        amount: Decimal,
+        event_id: str,
+        event_type: str,
+    ) -> tuple[bool, Decimal]:
+        params = {
+            "p_user": user_id,
+            "p_session": session_id,
+            "p_payment_intent": payment_intent,
+            "p_amount": _num(amount),
+            "p_event_id": event_id,
+            "p_event_type": event_type,
+        }
+        row = _one(await self._rpc("billing_payment_credit", params, "applied,balance::text"))
+        return bool(row["applied"]), to_decimal(row["balance"])
+
+    async def payment_reverse(
+        self, *, payment_intent: str, amount: Decimal, cumulative: bool, event_id: str, event_type: str
+    ) -> Reversal:
+        params = {
+            "p_payment_intent": payment_intent,
+            "p_amount": _num(amount),
+            "p_cumulative": cumulative,
+            "p_event_id": event_id,
+            "p_event_type": event_type,
+        }
+        columns = "status,user_id,taken::text,debt::text,balance::text"
+        r = _one(await self._rpc("billing_payment_reverse", params, columns))
+        return Reversal(
+            r["status"], r["user_id"], to_decimal(r["taken"]), to_decimal(r["debt"]), to_decimal(r["balance"])
+        )
 
     async def audit(self) -> list[AuditRow]:
         columns = "user_id,balance::text,ledger_sum::text,reserved::text,held_sum::text"

@@ -251,3 +251,99 @@ async def test_listing_keys_shows_their_policies(backend: Backend) -> None:  # n
     assert await store.set_key_policy(user_id="nobody", key_id=other, policy=KeyPolicy()) is False
     found = await store.find_api_key(key_hash)
     assert found is not None and found.key_id == other
+
+
+# -- payments: credit once, refunds and disputes take it back, debt is paid first ---------------
+
+
+async def _pay(store: Store, uid: str, session: str, amount: str, event: str | None = None) -> bool:
+    applied, _ = await store.payment_credit(
+        user_id=uid,
+        session_id=session,
+        payment_intent=f"pi_{session}",
+        amount=Decimal(amount),
+        event_id=event or f"evt_{secrets.token_hex(6)}",
+        event_type="checkout.session.completed",
+    )
+    return applied
+
+
+async def test_concurrent_deliveries_of_a_paid_checkout_credit_once(backend: Backend) -> None:  # noqa: F811
+    store = backend.store
+    uid, _ = await _user_with_key(store, balance="0")
+    session = f"cs_{secrets.token_hex(6)}"
+    # 10 redeliveries of one event and 10 other events about the same session, all at once.
+    same = [_pay(store, uid, session, "10", event=f"evt_{session}") for _ in range(10)]
+    other = [_pay(store, uid, session, "10") for _ in range(10)]
+    results = await asyncio.gather(*same, *other)
+    assert results.count(True) == 1
+    user = await store.get_user(uid)
+    assert user is not None and user.balance == Decimal(10)
+    kinds = [t.kind for t in await store.transactions(uid, limit=100, offset=0)]
+    assert kinds == ["credit"]
+
+
+async def test_a_refund_takes_back_what_is_left_and_the_rest_becomes_debt(backend: Backend) -> None:  # noqa: F811
+    store = backend.store
+    uid, key_id = await _user_with_key(store, balance="0")
+    session = f"cs_{secrets.token_hex(6)}"
+    assert await _pay(store, uid, session, "10")
+    for _ in range(6):
+        assert await _call(store, uid, key_id) == "ok"  # spends 6 of the 10
+    event = f"evt_{secrets.token_hex(6)}"
+    refunds = await asyncio.gather(
+        *(
+            store.payment_reverse(
+                payment_intent=f"pi_{session}",
+                amount=Decimal(10),
+                cumulative=True,
+                event_id=event,
+                event_type="charge.refunded",
+            )
+            for _ in range(5)
+        )
+    )
+    assert sorted(r.status for r in refunds) == ["applied"] + ["duplicate"] * 4
+    (done,) = [r for r in refunds if r.status == "applied"]
+    assert (done.user_id, done.taken, done.debt, done.balance) == (uid, Decimal(4), Decimal(6), Decimal(0))
+    # While there is debt, calls are refused; a later top-up pays the debt first.
+    assert (await _reserve(store, uid, key_id)).status == "debt"
+    balance, applied = await store.credit(
+        user_id=uid, amount=Decimal(8), description="top-up", idempotency_key=None
+    )
+    assert (balance, applied) == (Decimal(2), True)
+    user = await store.get_user(uid)
+    assert user is not None and (user.balance, user.debt) == (Decimal(2), Decimal(0))
+    assert await _call(store, uid, key_id) == "ok"
+    kinds = [(t.kind, t.amount) for t in await store.transactions(uid, limit=100, offset=0)][:4]
+    assert kinds == [
+        ("charge", Decimal(-1)), ("debt_payment", Decimal(-6)), ("credit", Decimal(8)),
+        ("refund", Decimal(-4)),
+    ]  # fmt: skip
+
+
+async def test_a_dispute_after_a_partial_refund_takes_back_no_more_than_was_paid(
+    backend: Backend,  # noqa: F811
+) -> None:
+    store = backend.store
+    uid, _ = await _user_with_key(store, balance="0")
+    session = f"cs_{secrets.token_hex(6)}"
+    assert await _pay(store, uid, session, "10")
+    partial = await store.payment_reverse(
+        payment_intent=f"pi_{session}", amount=Decimal(3), cumulative=True, event_id=f"evt_{session}_r",
+        event_type="charge.refunded",
+    )  # fmt: skip
+    assert (partial.taken, partial.balance) == (Decimal(3), Decimal(7))
+    dispute = await store.payment_reverse(
+        payment_intent=f"pi_{session}", amount=Decimal(10), cumulative=False, event_id=f"evt_{session}_d",
+        event_type="charge.dispute.created",
+    )  # fmt: skip
+    assert (dispute.taken, dispute.debt, dispute.balance) == (Decimal(7), Decimal(0), Decimal(0))
+    unknown = await store.payment_reverse(
+        payment_intent="pi_nobody",
+        amount=Decimal(1),
+        cumulative=False,
+        event_id="evt_x",
+        event_type="charge.refunded",
+    )
+    assert unknown.status == "unknown_payment"
