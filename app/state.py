@@ -16,6 +16,7 @@ from app.observability.tracing import LLMTracer
 from app.store.base import Store
 
 if TYPE_CHECKING:
+    from app.accounts.payments import StripePayments
     from app.ratelimit import RateLimiter
 
 
@@ -30,5 +31,6 @@ class AppState:
     metrics: Metrics
     tracer: LLMTracer
     ratelimiter: RateLimiter | None = None
+    payments: StripePayments | None = None  # None while Stripe is not configured
     started_at: float = field(default_factory=time.time)
     health_history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=100))

@@ -182,3 +182,13 @@ def test_usage_by_day_model_and_key_and_the_ledger_as_csv(gw: Gateway) -> None:
     rows = list(csv.DictReader(io.StringIO(r.text)))
     assert [row["kind"] for row in rows] == ["charge"] * 4 + ["credit"]
     assert sum(Decimal(row["amount"]) for row in rows) == account(gw, user_id)["balance"]
+
+
+def test_payments_answer_404_when_stripe_is_not_configured(gw: Gateway) -> None:
+    _, token = new_session_user(gw)
+    r = call(gw, "POST", "/billing/checkout", token, json={"amount": "10"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "payments_not_configured", r.text
+    r = call(gw, "POST", "/billing/stripe/webhook", token, content=b"{}")
+    assert r.status_code == 404
+    balance = body(call(gw, "GET", "/billing/balance", token))
+    assert (balance["debt"], balance["auto_topup"]) == (0, None)
