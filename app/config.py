@@ -56,6 +56,13 @@ class Settings(BaseSettings):
     BILLING_FREE_UNPRICED_MODELS: bool = False
     BILLING_DEFAULT_MAX_OUTPUT_TOKENS: int = 4096
 
+    # Accounts and payments: Stripe Checkout top-ups and its webhook (both off while unset).
+    STRIPE_SECRET_KEY: str = ""
+    STRIPE_WEBHOOK_SECRET: str = ""
+    STRIPE_SUCCESS_URL: str = ""
+    STRIPE_CANCEL_URL: str = ""
+    STRIPE_API_BASE: str = ""
+
     DATA_DIR: str = "./.data"
     # A demo account only when asked for (`make run` asks), only on the embedded store.
     DEMO_API_KEY: str = ""
@@ -122,6 +129,10 @@ class Settings(BaseSettings):
             problems.append("CORS_ORIGINS must not be '*' in production")
         if self.DEMO_API_KEY:
             problems.append("DEMO_API_KEY must not be set in production")
+        if self.STRIPE_SECRET_KEY and not self.STRIPE_WEBHOOK_SECRET:
+            problems.append(
+                "STRIPE_SECRET_KEY without STRIPE_WEBHOOK_SECRET: payments would never be credited"
+            )
         return problems
 
 

@@ -19,7 +19,8 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from app.api import admin, billing, chat, embeddings, health, models
+from app.accounts.payments import StripePayments
+from app.api import account, admin, billing, chat, embeddings, health, models, payments
 from app.auth.invalidation import InvalidationBus
 from app.auth.jwt import JwtVerifier
 from app.auth.service import Authenticator
@@ -150,6 +151,7 @@ def _lifespan(settings: Settings, metrics: Metrics):  # type: ignore[no-untyped-
                 calls=calls,
                 ratelimiter=ratelimiter,
             )
+            state.payments = StripePayments.from_settings(settings, store)
             if settings.demo_account_wanted(store.kind):
                 await ensure_demo_account(store, settings)
             app.state.gateway = state
@@ -274,6 +276,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     for module in (chat, embeddings, models, billing, admin, health):
         app.include_router(module.router)
+    app.include_router(account.router)
+    app.include_router(payments.router)
     _install_error_handlers(app)
     if settings.ALLOWED_HOSTS and settings.ALLOWED_HOSTS != ["*"]:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.ALLOWED_HOSTS)

@@ -382,7 +382,7 @@ def _spaced_dumps(obj) -> bytes:
     return json.dumps(obj).encode()
 
 
-def dumps_for(d) -> "callable":
+def dumps_for(d) -> callable:
     """The JSON encoder a request's directives ask for (compact or ``spaced``)."""
     return _spaced_dumps if d is not None and d.get("spaced") else _dumps
 

@@ -15,8 +15,8 @@ import openai
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fake_provider import FakeProvider  # noqa: E402
-from fake_protocols.media import audio_duration, wav_bytes  # noqa: E402
+from fake_protocols.media import audio_duration, wav_bytes
+from fake_provider import FakeProvider
 
 anthropic = pytest.importorskip("anthropic")
 

@@ -8,9 +8,9 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from app.accounts.keys import KeyService, key_json, parse_policy
 from app.api.deps import Admin, JsonBody, State
 from app.api.money_json import MoneyJSONResponse
-from app.auth.keys import new_key
 from app.errors import InvalidRequest, NotFound, StoreUnavailable
 from app.store.base import BalanceConflict, StoreError, UserNotFound, money
 
@@ -72,19 +72,29 @@ async def create_user(body: JsonBody, state: State) -> MoneyJSONResponse:
 
 @router.post("/users/{user_id}/keys", status_code=201)
 async def create_key(user_id: str, body: JsonBody, state: State) -> MoneyJSONResponse:
-    """Issue an API key; the key itself is shown only in this response."""
-    name = _optional_str(body, "name")
-    key, key_id, key_hash = new_key()
-    try:
-        await state.store.create_api_key(user_id=user_id, key_id=key_id, key_hash=key_hash, name=name)
-    except UserNotFound as exc:
-        raise NotFound(f"User '{user_id}' does not exist.", code="user_not_found") from exc
-    except StoreError as exc:
-        raise StoreUnavailable("The account store is unavailable.") from exc
-    state.auth.invalidate_key(key_hash)
+    """Issue an API key (optionally with a budget, expiry and models); shown only in this response."""
+    name, policy = _optional_str(body, "name"), parse_policy(body)
+    keys = KeyService(store=state.store, auth=state.auth)
+    key, key_id = await keys.issue(user_id=user_id, name=name, policy=policy)
     return MoneyJSONResponse(
         {"key": key, "key_id": key_id, "user_id": user_id, "name": name}, status_code=201
     )
+
+
+@router.get("/users/{user_id}/keys")
+async def list_keys(user_id: str, state: State) -> MoneyJSONResponse:
+    """A user's keys with their budgets, expiry and allowed models."""
+    keys = await KeyService(store=state.store, auth=state.auth).list(user_id)
+    return MoneyJSONResponse({"user_id": user_id, "keys": [key_json(k) for k in keys]})
+
+
+@router.put("/users/{user_id}/keys/{key_id}")
+async def restrict_key(user_id: str, key_id: str, body: JsonBody, state: State) -> MoneyJSONResponse:
+    """Replace a key's budget, expiry and allowed models (absent = no limit); a new budget starts now."""
+    keys = KeyService(store=state.store, auth=state.auth)
+    await keys.restrict(user_id=user_id, key_id=key_id, policy=parse_policy(body))
+    (key,) = [k for k in await keys.list(user_id) if k.key_id == key_id]
+    return MoneyJSONResponse(key_json(key))
 
 
 @router.delete("/users/{user_id}/keys/{key_id}")

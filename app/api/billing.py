@@ -26,6 +26,8 @@ async def balance(principal: CurrentUser, state: State) -> MoneyJSONResponse:
             "balance": user.balance if user else 0,
             "available": user.available if user else 0,
             "currency": state.settings.BILLING_CURRENCY,
+            "debt": user.debt if user else 0,
+            "auto_topup": None,  # automatic top-ups are not built yet
         }
     )
 

@@ -84,6 +84,7 @@ def caller(request: Request, principal: Principal) -> Caller:
         user_id=principal.user_id,
         request_id=request.state.request_id,
         client_request_id=request.state.client_request_id,
+        key_id=principal.key_id,
     )
 
 

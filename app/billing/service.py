@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
 
+from app.accounts.errors import key_refusal
 from app.billing.journal import PendingSettlement, SettlementJournal
 from app.billing.pricing import Price, PriceBook, usage_cost
 from app.errors import GatewayError, InsufficientBalance, InvalidRequest, StoreUnavailable
@@ -118,6 +119,7 @@ class BillingService:
         max_tokens: int | None,
         n: int = 1,
         tier: str | None = None,
+        key_id: str | None = None,
     ) -> Hold | None:
         """Hold the most this call can cost; the hold's max_tokens caps the call."""
         if not self.enabled:
@@ -139,11 +141,14 @@ class BillingService:
                 model_max_output=model_cap,
                 ttl_seconds=self._ttl,
                 model=model,
+                key_id=key_id,
             )
         except StoreError as exc:
             self._metrics.billing(operation="reserve", outcome="store_error")
             raise StoreUnavailable("Billing is unavailable; the request was not run.") from exc
         self._metrics.billing(operation="reserve", outcome=r.status)
+        if (refusal := key_refusal(r.status, model=model)) is not None:
+            raise refusal
         if r.status == "ok":
             # Every call is capped at what was held for it (the client's limit, the balance,
             # the model's limit or the default budget): uncapped, it could generate more than

@@ -38,6 +38,7 @@ class Caller:
     user_id: str
     request_id: str  # the gateway's id for this call (the ledger's)
     client_request_id: str
+    key_id: str | None = None  # the API key it came with: its budget and model list apply
 
 
 class CallService:
@@ -69,6 +70,7 @@ class CallService:
             max_tokens=req.max_output_tokens,
             n=req.n,
             tier=req.service_tier,
+            key_id=caller.key_id,
         )
         if hold is not None and hold.max_tokens is not None and req.output_limit_keys:
             for key in req.output_limit_keys:  # every limit key the client sent, capped

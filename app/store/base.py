@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal, Protocol
 
@@ -42,6 +42,8 @@ class User:
     rpm_limit: int | None = None
     rph_limit: int | None = None
     tpm_limit: int | None = None
+    # What refunds took back beyond the balance; calls are refused until credits pay it.
+    debt: Decimal = Decimal(0)
 
     @property
     def available(self) -> Decimal:
@@ -56,9 +58,61 @@ class ApiKey:
     revoked: bool
     rpm_limit: int | None = None
     tpm_limit: int | None = None
+    budget: Decimal | None = None
+    budget_period: BudgetPeriod | None = None
+    budget_spent: Decimal = Decimal(0)  # in the current period, as of the last charge
+    expires_at: datetime | None = None
+    models: tuple[str, ...] | None = None
+    created: datetime | None = None
 
 
-ReserveStatus = Literal["ok", "insufficient", "no_account", "duplicate"]
+BudgetPeriod = Literal["day", "week", "month", "total"]
+UsageGroup = Literal["day", "model", "key"]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPolicy:
+    """What a key may spend (per period), until when, and on which models; None means no limit."""
+
+    budget: Decimal | None = None
+    period: BudgetPeriod | None = None
+    expires_at: datetime | None = None
+    models: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """One group of the usage rollups: a day (ISO date), a model or a key id ('' for sessions)."""
+
+    group: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Reversal:
+    """A refund or dispute applied to a payment: what the balance gave back, what became debt."""
+
+    status: Literal["applied", "duplicate", "unknown_payment"]
+    user_id: str | None
+    taken: Decimal
+    debt: Decimal
+    balance: Decimal
+
+
+ReserveStatus = Literal[
+    "ok",
+    "insufficient",
+    "no_account",
+    "duplicate",
+    "key_revoked",
+    "key_expired",
+    "model_not_allowed",
+    "key_budget",
+    "debt",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +213,10 @@ class Store(Protocol):
         model_max_output: int | None,
         ttl_seconds: int,
         model: str | None = None,
-    ) -> Reservation: ...
+        key_id: str | None = None,
+    ) -> Reservation:
+        """Hold the most a call can cost, within the balance and the key's policy, atomically."""
+        ...
 
     async def settle(
         self,
@@ -183,6 +240,37 @@ class Store(Protocol):
 
     async def get_request(self, user_id: str, request_id: str) -> RequestRecord | None:
         """The record of one of the user's calls; None if it is not theirs or unknown."""
+        ...
+
+    async def list_api_keys(self, user_id: str) -> list[ApiKey]:
+        """The user's keys (revoked ones included), oldest first."""
+        ...
+
+    async def set_key_policy(self, *, user_id: str, key_id: str, policy: KeyPolicy) -> bool:
+        """Replace a key's budget, expiry and model list; a new budget counts from now."""
+        ...
+
+    async def usage(self, user_id: str, *, start: date, end: date, group_by: UsageGroup) -> list[UsageRow]:
+        """Usage rollups for days in [start, end), grouped by day, model or key."""
+        ...
+
+    async def payment_credit(
+        self,
+        *,
+        user_id: str,
+        session_id: str,
+        payment_intent: str | None,
+        amount: Decimal,
+        event_id: str,
+        event_type: str,
+    ) -> tuple[bool, Decimal]:
+        """Credit a paid checkout once per session and per event id; debt is paid first."""
+        ...
+
+    async def payment_reverse(
+        self, *, payment_intent: str, amount: Decimal, cumulative: bool, event_id: str, event_type: str
+    ) -> Reversal:
+        """Take a refunded or disputed payment back once per event; what is not there becomes debt."""
         ...
 
     async def audit(self) -> list[AuditRow]:
@@ -210,6 +298,7 @@ def user_from_row(row: Row) -> User:
         rpm_limit=row["rpm_limit"],
         rph_limit=row["rph_limit"],
         tpm_limit=row["tpm_limit"],
+        debt=to_decimal(row["debt"]),
     )
 
 
@@ -232,4 +321,23 @@ def request_from_row(row: Row, usage: dict[str, Any] | None) -> RequestRecord:
         usage=usage,
         created=row["created_at"],
         settled=row["settled_at"],
+    )
+
+
+def key_from_row(row: Row, *, revoked: bool, models: tuple[str, ...] | None) -> ApiKey:
+    """A key from an `api_keys` row (timestamps already parsed by the backend)."""
+    budget = row["budget_amount"]
+    return ApiKey(
+        key_id=row["id"],
+        user_id=row["user_id"],
+        name=row["name"],
+        revoked=revoked,
+        rpm_limit=row["rpm_limit"],
+        tpm_limit=row["tpm_limit"],
+        budget=None if budget is None else to_decimal(budget),
+        budget_period=row["budget_period"],
+        budget_spent=to_decimal(row["budget_spent"]),
+        expires_at=row["expires_at"],
+        models=models,
+        created=row["created_at"],
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import date
 from decimal import Decimal
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -14,13 +15,18 @@ from app.store.base import (
     ApiKey,
     AuditRow,
     BalanceConflict,
+    KeyPolicy,
     RequestRecord,
     Reservation,
+    Reversal,
     Settlement,
     StoreError,
     Transaction,
+    UsageGroup,
+    UsageRow,
     User,
     UserNotFound,
+    key_from_row,
     request_from_row,
     token_count,
     user_from_row,
@@ -29,7 +35,7 @@ from app.store.migrations import apply_migrations
 
 T = TypeVar("T")
 
-_USER_COLUMNS = "id, balance, reserved, rpm_limit, rph_limit, tpm_limit"
+_USER_COLUMNS = "id, balance, reserved, rpm_limit, rph_limit, tpm_limit, debt"
 
 
 def uses_transaction_pooler(url: str) -> bool:
@@ -54,6 +60,13 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     Safe because nothing here leaves session state behind: every operation is one statement
     (a function call) outside an explicit transaction, with no SET, LISTEN or temp tables.
     """
+
+
+def _key(row: asyncpg.Record) -> ApiKey:
+    models = row["models"]
+    return key_from_row(
+        row, revoked=row["revoked_at"] is not None, models=None if models is None else tuple(models)
+    )
 
 
 class PostgresStore:
@@ -165,21 +178,35 @@ class PostgresStore:
             raise
 
     async def find_api_key(self, key_hash: str) -> ApiKey | None:
-        row = await self._row(
-            "select id, user_id, name, revoked_at is not null as revoked, rpm_limit, tpm_limit"
-            " from api_keys where key_hash = $1",
-            key_hash,
+        row = await self._row("select * from billing_api_keys(null, $1)", key_hash)
+        return None if row is None else _key(row)
+
+    async def list_api_keys(self, user_id: str) -> list[ApiKey]:
+        rows = await self._run(lambda c: c.fetch("select * from billing_api_keys($1, null)", user_id))
+        return [_key(r) for r in rows]
+
+    async def set_key_policy(self, *, user_id: str, key_id: str, policy: KeyPolicy) -> bool:
+        done: bool = await self._run(
+            lambda c: c.fetchval(
+                "select billing_set_key_policy($1, $2, $3, $4, $5, $6)",
+                user_id,
+                key_id,
+                policy.budget,
+                policy.period if policy.budget is not None else None,
+                policy.expires_at,
+                None if policy.models is None else list(policy.models),
+            )
         )
-        if row is None:
-            return None
-        return ApiKey(
-            key_id=row["id"],
-            user_id=row["user_id"],
-            name=row["name"],
-            revoked=row["revoked"],
-            rpm_limit=row["rpm_limit"],
-            tpm_limit=row["tpm_limit"],
+        return done
+
+    async def usage(self, user_id: str, *, start: date, end: date, group_by: UsageGroup) -> list[UsageRow]:
+        rows = await self._run(
+            lambda c: c.fetch("select * from billing_usage($1, $2, $3, $4)", user_id, start, end, group_by)
         )
+        return [
+            UsageRow(r["grp"], r["requests"], r["prompt_tokens"], r["completion_tokens"], r["cost"])
+            for r in rows
+        ]
 
     async def revoke_api_key(self, *, user_id: str, key_id: str) -> bool:
         status: str = await self._run(
@@ -216,9 +243,10 @@ class PostgresStore:
         model_max_output: int | None,
         ttl_seconds: int,
         model: str | None = None,
+        key_id: str | None = None,
     ) -> Reservation:
         row = await self._row(
-            "select * from billing_reserve($1, $2, $3, $4, $5, $6, $7, $8)",
+            "select * from billing_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             user_id,
             request_id,
             prompt_cost,
@@ -227,6 +255,7 @@ class PostgresStore:
             token_count(model_max_output),
             ttl_seconds,
             model,
+            key_id,
         )
         assert row is not None
         return Reservation(
@@ -305,6 +334,42 @@ class PostgresStore:
         if row is None:
             return None
         return request_from_row(row, None if row["usage"] is None else orjson.loads(row["usage"]))
+
+    async def payment_credit(
+        self,
+        *,
+        user_id: str,
+        session_id: str,
+        payment_intent: str | None,
+        amount: Decimal,
+        event_id: str,
+        event_type: str,
+    ) -> tuple[bool, Decimal]:
+        row = await self._row(
+            "select * from billing_payment_credit($1, $2, $3, $4, $5, $6)",
+            user_id,
+            session_id,
+            payment_intent,
+            amount,
+            event_id,
+            event_type,
+        )
+        assert row is not None
+        return bool(row["applied"]), row["balance"]
+
+    async def payment_reverse(
+        self, *, payment_intent: str, amount: Decimal, cumulative: bool, event_id: str, event_type: str
+    ) -> Reversal:
+        row = await self._row(
+            "select * from billing_payment_reverse($1, $2, $3, $4, $5)",
+            payment_intent,
+            amount,
+            cumulative,
+            event_id,
+            event_type,
+        )
+        assert row is not None
+        return Reversal(row["status"], row["user_id"], row["taken"], row["debt"], row["balance"])
 
     async def audit(self) -> list[AuditRow]:
         rows = await self._run(lambda c: c.fetch("select * from billing_audit()"))

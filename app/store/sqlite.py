@@ -12,7 +12,7 @@ import math
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,13 +24,18 @@ from app.store.base import (
     ApiKey,
     AuditRow,
     BalanceConflict,
+    KeyPolicy,
     RequestRecord,
     Reservation,
+    Reversal,
     Settlement,
     StoreError,
     Transaction,
+    UsageGroup,
+    UsageRow,
     User,
     UserNotFound,
+    key_from_row,
     money,
     request_from_row,
     to_decimal,
@@ -50,6 +55,51 @@ def _parse_time(text: str) -> datetime:
 
 
 _SCHEMA_FILE = Path(__file__).with_name("sqlite_schema.sql")
+# Columns added since the first schema: a data directory made by an older gateway gets them.
+_ADDED_COLUMNS = [
+    ("users", "debt", "text not null default '0'"),
+    ("api_keys", "budget_amount", "text"),
+    ("api_keys", "budget_period", "text"),
+    ("api_keys", "budget_window", "text"),
+    ("api_keys", "budget_spent", "text not null default '0'"),
+    ("api_keys", "budget_held", "text not null default '0'"),
+    ("api_keys", "expires_at", "text"),
+    ("api_keys", "models", "text"),
+    ("reservations", "key_id", "text"),
+    ("requests", "key_id", "text"),
+]
+_KEY_COLUMNS = (
+    "id, user_id, name, revoked_at, rpm_limit, tpm_limit, budget_amount, budget_period,"
+    " budget_window, budget_spent, budget_held, expires_at, models, created_at"
+)
+
+
+def _text_time(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def budget_window(period: str | None, at: datetime) -> str | None:
+    """Start of the budget period containing `at` (UTC calendar; weeks start Monday), as stored."""
+    if period is None:
+        return None
+    if period == "total":
+        return "-infinity"
+    day = at.astimezone(UTC).date()
+    if period == "week":
+        day -= timedelta(days=day.weekday())
+    elif period == "month":
+        day = day.replace(day=1)
+    return day.isoformat()
+
+
+def _sqlite_key(row: sqlite3.Row, now: datetime) -> ApiKey:
+    data = dict(row)
+    if data["budget_window"] != budget_window(data["budget_period"], now):
+        data["budget_spent"] = "0"
+    data["expires_at"] = data["expires_at"] and _parse_time(data["expires_at"])
+    data["created_at"] = _parse_time(data["created_at"])
+    models = None if data["models"] is None else tuple(orjson.loads(data["models"]))
+    return key_from_row(data, revoked=data["revoked_at"] is not None, models=models)
 
 
 class SqliteStore:
@@ -77,6 +127,23 @@ class SqliteStore:
         conn.execute("pragma foreign_keys=on")
         conn.execute("pragma busy_timeout=30000")
         conn.executescript(_SCHEMA_FILE.read_text(encoding="utf-8"))
+        for table, column, decl in _ADDED_COLUMNS:
+            have = {r["name"] for r in conn.execute(f"pragma table_info({table})")}
+            if column not in have:
+                conn.execute(f"alter table {table} add column {column} {decl}")
+        (table_sql,) = conn.execute("select sql from sqlite_master where name = 'transactions'").fetchone()
+        if "'refund'" not in table_sql:
+            # SQLite cannot alter a CHECK: rebuild the ledger with the kinds payments added.
+            conn.executescript(
+                "begin immediate; alter table transactions rename to transactions_old;"
+                " drop trigger if exists transactions_no_update;"
+                " drop trigger if exists transactions_no_delete;"
+                " drop index if exists transactions_user_idx; drop index if exists transactions_charge_once;"
+                " drop index if exists transactions_credit_once;"
+                + _SCHEMA_FILE.read_text(encoding="utf-8")
+                + "; insert into transactions select * from transactions_old;"
+                " drop table transactions_old; commit;"
+            )
         self._conn = conn
 
     async def close(self) -> None:
@@ -123,7 +190,7 @@ class SqliteStore:
     @staticmethod
     def _locked_user(conn: sqlite3.Connection, user_id: str) -> User:
         row = conn.execute(
-            "select id, balance, reserved, rpm_limit, rph_limit, tpm_limit from users where id = ?",
+            "select id, balance, reserved, rpm_limit, rph_limit, tpm_limit, debt from users where id = ?",
             (user_id,),
         ).fetchone()
         if row is None:
@@ -167,7 +234,7 @@ class SqliteStore:
         def q() -> User | None:
             assert self._conn is not None
             row = self._conn.execute(
-                "select id, balance, reserved, rpm_limit, rph_limit, tpm_limit from users where id = ?",
+                "select id, balance, reserved, rpm_limit, rph_limit, tpm_limit, debt from users where id = ?",
                 (user_id,),
             ).fetchone()
             return user_from_row(row) if row else None
@@ -202,19 +269,62 @@ class SqliteStore:
         def q() -> ApiKey | None:
             assert self._conn is not None
             row = self._conn.execute(
-                "select id, user_id, name, revoked_at, rpm_limit, tpm_limit from api_keys where key_hash = ?",
-                (key_hash,),
+                f"select {_KEY_COLUMNS} from api_keys where key_hash = ?", (key_hash,)
             ).fetchone()
-            if row is None:
-                return None
-            return ApiKey(
-                key_id=row["id"],
-                user_id=row["user_id"],
-                name=row["name"],
-                revoked=row["revoked_at"] is not None,
-                rpm_limit=row["rpm_limit"],
-                tpm_limit=row["tpm_limit"],
+            return None if row is None else _sqlite_key(row, datetime.now(UTC))
+
+        return await self._call(q)
+
+    async def list_api_keys(self, user_id: str) -> list[ApiKey]:
+        def q() -> list[ApiKey]:
+            assert self._conn is not None
+            rows = self._conn.execute(
+                f"select {_KEY_COLUMNS} from api_keys where user_id = ? order by created_at, rowid",
+                (user_id,),
+            ).fetchall()
+            now = datetime.now(UTC)
+            return [_sqlite_key(r, now) for r in rows]
+
+        return await self._call(q)
+
+    async def set_key_policy(self, *, user_id: str, key_id: str, policy: KeyPolicy) -> bool:
+        period = policy.period if policy.budget is not None else None
+
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "update api_keys set budget_amount = ?, budget_period = ?, budget_spent = '0',"
+                " budget_window = ?, expires_at = ?, models = ? where id = ? and user_id = ?",
+                (
+                    None if policy.budget is None else str(money(policy.budget)),
+                    period,
+                    budget_window(period, datetime.now(UTC)),
+                    None if policy.expires_at is None else _text_time(policy.expires_at),
+                    None if policy.models is None else orjson.dumps(list(policy.models)).decode(),
+                    key_id,
+                    user_id,
+                ),
             )
+            return cur.rowcount == 1
+
+        return await self._call(self._tx(op))
+
+    async def usage(self, user_id: str, *, start: date, end: date, group_by: UsageGroup) -> list[UsageRow]:
+        column = {"day": "day", "model": "model", "key": "key_id"}[group_by]
+
+        def q() -> list[UsageRow]:
+            assert self._conn is not None
+            totals: dict[str, list[Any]] = {}
+            for r in self._conn.execute(
+                f"select {column} as grp, requests, prompt_tokens, completion_tokens, cost"
+                " from usage_rollups where user_id = ? and day >= ? and day < ?",
+                (user_id, start.isoformat(), end.isoformat()),
+            ):
+                t = totals.setdefault(r["grp"], [0, 0, 0, Decimal(0)])
+                t[0] += r["requests"]
+                t[1] += r["prompt_tokens"]
+                t[2] += r["completion_tokens"]
+                t[3] += to_decimal(r["cost"])
+            return [UsageRow(g, *t) for g, t in sorted(totals.items())]
 
         return await self._call(q)
 
@@ -234,21 +344,105 @@ class SqliteStore:
     async def credit(
         self, *, user_id: str, amount: Decimal, description: str, idempotency_key: str | None
     ) -> tuple[Decimal, bool]:
-        def op(conn: sqlite3.Connection) -> tuple[Decimal, bool]:
+        return await self._call(
+            self._tx(lambda conn: self._credit(conn, user_id, amount, description, idempotency_key))
+        )
+
+    def _credit(
+        self, conn: sqlite3.Connection, user_id: str, amount: Decimal, description: str, key: str | None
+    ) -> tuple[Decimal, bool]:
+        """As billing_credit: once per idempotency key; a positive credit pays the debt first."""
+        user = self._locked_user(conn, user_id)
+        cur = conn.execute(
+            "insert or ignore into transactions"
+            " (user_id, amount, kind, description, idempotency_key)"
+            " values (?, ?, 'credit', ?, ?)",
+            (user_id, str(money(amount)), description, key),
+        )
+        if cur.rowcount != 1:
+            return user.balance, False
+        paid = min(user.debt, money(amount)) if amount > 0 else Decimal(0)
+        if paid > 0:
+            conn.execute(
+                "insert into transactions (user_id, amount, kind, description)"
+                " values (?, ?, 'debt_payment', ?)",
+                (user_id, str(-paid), f"paid towards debt from {description}"),
+            )
+            conn.execute("update users set debt = ? where id = ?", (str(money(user.debt - paid)), user_id))
+        balance = user.balance + money(amount) - paid
+        if balance < user.reserved:
+            raise BalanceConflict("adjustment would take held funds")
+        self._set_money(conn, user_id, balance, user.reserved)
+        return money(balance), True
+
+    async def payment_credit(
+        self,
+        *,
+        user_id: str,
+        session_id: str,
+        payment_intent: str | None,
+        amount: Decimal,
+        event_id: str,
+        event_type: str,
+    ) -> tuple[bool, Decimal]:
+        def op(conn: sqlite3.Connection) -> tuple[bool, Decimal]:
             user = self._locked_user(conn, user_id)
             cur = conn.execute(
-                "insert or ignore into transactions"
-                " (user_id, amount, kind, description, idempotency_key)"
-                " values (?, ?, 'credit', ?, ?)",
-                (user_id, str(money(amount)), description, idempotency_key),
+                "insert or ignore into payment_events (id, type, payment) values (?, ?, ?)",
+                (event_id, event_type, session_id),
             )
             if cur.rowcount != 1:
-                return user.balance, False
-            balance = user.balance + money(amount)
-            if balance < user.reserved:
-                raise BalanceConflict("adjustment would take held funds")
-            self._set_money(conn, user_id, balance, user.reserved)
-            return money(balance), True
+                return False, user.balance
+            cur = conn.execute(
+                "insert or ignore into payments (id, user_id, payment_intent, amount) values (?, ?, ?, ?)",
+                (session_id, user_id, payment_intent, str(money(amount))),
+            )
+            if cur.rowcount != 1:
+                return False, user.balance
+            balance, applied = self._credit(
+                conn, user_id, amount, f"Stripe payment {session_id}", f"stripe:{session_id}"
+            )
+            return applied, balance
+
+        return await self._call(self._tx(op))
+
+    async def payment_reverse(
+        self, *, payment_intent: str, amount: Decimal, cumulative: bool, event_id: str, event_type: str
+    ) -> Reversal:
+        def op(conn: sqlite3.Connection) -> Reversal:
+            pay = conn.execute(
+                "select id, user_id, amount, reversed from payments where payment_intent = ?",
+                (payment_intent,),
+            ).fetchone()
+            if pay is None:
+                return Reversal("unknown_payment", None, Decimal(0), Decimal(0), Decimal(0))
+            user = self._locked_user(conn, pay["user_id"])
+            cur = conn.execute(
+                "insert or ignore into payment_events (id, type, payment) values (?, ?, ?)",
+                (event_id, event_type, pay["id"]),
+            )
+            if cur.rowcount != 1:
+                return Reversal("duplicate", user.id, Decimal(0), user.debt, user.balance)
+            paid, reversed_ = to_decimal(pay["amount"]), to_decimal(pay["reversed"])
+            if cumulative:
+                delta = min(money(amount), paid) - reversed_
+            else:
+                delta = min(money(amount), paid - reversed_)
+            delta = max(delta, Decimal(0))
+            take = min(delta, max(user.available, Decimal(0)))
+            if take > 0:
+                conn.execute(
+                    "insert into transactions (user_id, amount, kind, description)"
+                    " values (?, ?, 'refund', ?)",
+                    (user.id, str(-take), f"{event_type.replace('.', ' ')} of Stripe payment {pay['id']}"),
+                )
+            conn.execute(
+                "update payments set reversed = ? where id = ?", (str(money(reversed_ + delta)), pay["id"])
+            )
+            debt = money(user.debt + delta - take)
+            conn.execute("update users set debt = ? where id = ?", (str(debt), user.id))
+            self._set_money(conn, user.id, user.balance - take, user.reserved)
+            return Reversal("applied", user.id, take, debt, money(user.balance - take))
 
         return await self._call(self._tx(op))
 
@@ -263,57 +457,104 @@ class SqliteStore:
         model_max_output: int | None,
         ttl_seconds: int,
         model: str | None = None,
+        key_id: str | None = None,
     ) -> Reservation:
         max_tokens, model_max_output = token_count(max_tokens), token_count(model_max_output)
 
         def op(conn: sqlite3.Connection) -> Reservation:
-            row = conn.execute("select balance, reserved from users where id = ?", (user_id,)).fetchone()
+            row = conn.execute(
+                "select balance, reserved, debt from users where id = ?", (user_id,)
+            ).fetchone()
             if row is None:
                 return Reservation("no_account", None, Decimal(0), Decimal(0))
             available = to_decimal(row["balance"]) - to_decimal(row["reserved"])
-            if available <= 0 or available < prompt_cost:
-                return Reservation("insufficient", 0, Decimal(0), available)
+            now = datetime.now(UTC)
+            window: str | None = None
+            spent: Decimal | None = None
+            key_available: Decimal | None = None
+            if key_id is not None:
+                key = conn.execute(
+                    f"select {_KEY_COLUMNS} from api_keys where id = ? and user_id = ?", (key_id, user_id)
+                ).fetchone()
+                if key is None or key["revoked_at"] is not None:
+                    return Reservation("key_revoked", None, Decimal(0), Decimal(0))
+                if key["expires_at"] is not None and _parse_time(key["expires_at"]) <= now:
+                    return Reservation("key_expired", None, Decimal(0), Decimal(0))
+                if key["models"] is not None and model not in orjson.loads(key["models"]):
+                    return Reservation("model_not_allowed", None, Decimal(0), Decimal(0))
+                if key["budget_amount"] is not None:
+                    window = budget_window(key["budget_period"], now)
+                    spent = to_decimal(key["budget_spent"]) if key["budget_window"] == window else Decimal(0)
+                    left = to_decimal(key["budget_amount"]) - spent - to_decimal(key["budget_held"])
+                    key_available = max(left, Decimal(0))
+            if to_decimal(row["debt"]) > 0:
+                return Reservation("debt", 0, Decimal(0), available)
+            limit, short = available, "insufficient"
+            if key_available is not None and key_available < available:
+                limit, short = key_available, "key_budget"
+            if limit <= 0 or limit < prompt_cost:
+                return Reservation(short, 0, Decimal(0), limit)  # type: ignore[arg-type]
             afford: int | None = None
             if output_price > 0:
-                afford = math.floor((available - prompt_cost) / output_price)
+                afford = math.floor((limit - prompt_cost) / output_price)
             if max_tokens is not None:
                 if afford is not None and max_tokens > afford:
-                    return Reservation("insufficient", token_count(afford), Decimal(0), available)
+                    return Reservation(short, token_count(afford), Decimal(0), limit)  # type: ignore[arg-type]
                 tokens: int | None = max_tokens
             else:
                 caps = [c for c in (afford, model_max_output) if c is not None]
                 tokens = min(caps) if caps else None
                 if tokens is not None and tokens < 1:
-                    return Reservation("insufficient", 0, Decimal(0), available)
+                    return Reservation(short, 0, Decimal(0), limit)  # type: ignore[arg-type]
             hold = (prompt_cost + (tokens or 0) * output_price).quantize(MONEY_PLACES, rounding=ROUND_CEILING)
-            hold = min(hold, available)
+            hold = min(hold, limit)
             cur = conn.execute(
-                "insert or ignore into reservations (request_id, user_id, amount, expires_at)"
-                " values (?, ?, ?, julianday('now') + ? / 86400.0)",
-                (request_id, user_id, str(hold), ttl_seconds),
+                "insert or ignore into reservations (request_id, user_id, amount, expires_at, key_id)"
+                " values (?, ?, ?, julianday('now') + ? / 86400.0, ?)",
+                (request_id, user_id, str(hold), ttl_seconds, key_id),
             )
             if cur.rowcount != 1:
-                return Reservation("duplicate", None, Decimal(0), available)
+                return Reservation("duplicate", None, Decimal(0), limit)
             conn.execute(
-                "insert or ignore into requests (request_id, user_id, model, status, hold)"
-                " values (?, ?, ?, 'held', ?)",
-                (request_id, user_id, model, str(hold)),
+                "insert or ignore into requests (request_id, user_id, model, status, hold, key_id)"
+                " values (?, ?, ?, 'held', ?, ?)",
+                (request_id, user_id, model, str(hold), key_id),
             )
             self._set_money(conn, user_id, to_decimal(row["balance"]), to_decimal(row["reserved"]) + hold)
-            return Reservation("ok", token_count(tokens), hold, available)
+            if key_id is not None:
+                conn.execute(
+                    "update api_keys set budget_held = ?, budget_spent = coalesce(?, budget_spent),"
+                    " budget_window = coalesce(?, budget_window) where id = ?",
+                    (
+                        str(money(to_decimal(key["budget_held"]) + hold)),
+                        None if spent is None else str(spent),
+                        window,
+                        key_id,
+                    ),
+                )
+            return Reservation("ok", token_count(tokens), hold, limit)
 
         return await self._call(self._tx(op))
 
     @staticmethod
-    def _take_hold(conn: sqlite3.Connection, user_id: str, request_id: str) -> Decimal:
+    def _take_hold(conn: sqlite3.Connection, user_id: str, request_id: str) -> tuple[Decimal, str | None]:
         row = conn.execute(
-            "select amount from reservations where request_id = ? and user_id = ?",
+            "select amount, key_id from reservations where request_id = ? and user_id = ?",
             (request_id, user_id),
         ).fetchone()
         if row is None:
-            return Decimal(0)
+            return Decimal(0), None
         conn.execute("delete from reservations where request_id = ?", (request_id,))
-        return to_decimal(row["amount"])
+        return to_decimal(row["amount"]), row["key_id"]
+
+    @staticmethod
+    def _unhold_key(conn: sqlite3.Connection, key_id: str | None, hold: Decimal) -> None:
+        if key_id is None or hold == 0:
+            return
+        row = conn.execute("select budget_held from api_keys where id = ?", (key_id,)).fetchone()
+        if row is not None:
+            held = max(to_decimal(row["budget_held"]) - hold, Decimal(0))
+            conn.execute("update api_keys set budget_held = ? where id = ?", (str(money(held)), key_id))
 
     async def settle(
         self,
@@ -331,10 +572,31 @@ class SqliteStore:
         usage_text = None if usage is None else orjson.dumps(usage).decode()
 
         def op(conn: sqlite3.Connection) -> Settlement:
-            hold = self._take_hold(conn, user_id, request_id)
+            hold, key_id = self._take_hold(conn, user_id, request_id)
             user = self._locked_user(conn, user_id)
+            if key_id is None:
+                # The hold expired and was swept: the call record still knows the key.
+                rec = conn.execute(
+                    "select key_id from requests where request_id = ? and user_id = ?", (request_id, user_id)
+                ).fetchone()
+                key_id = rec and rec["key_id"]
             full = money(cost)
             charge = max(min(full, user.balance - (user.reserved - hold)), Decimal(0))
+            now = datetime.now(UTC)
+            window: str | None = None
+            spent = Decimal(0)
+            key = None
+            if key_id is not None:
+                key = conn.execute(
+                    "select budget_amount, budget_period, budget_window, budget_spent, budget_held"
+                    " from api_keys where id = ?",
+                    (key_id,),
+                ).fetchone()
+            if key is not None and key["budget_amount"] is not None:
+                window = budget_window(key["budget_period"], now)
+                spent = to_decimal(key["budget_spent"]) if key["budget_window"] == window else Decimal(0)
+                left = to_decimal(key["budget_amount"]) - spent - (to_decimal(key["budget_held"]) - hold)
+                charge = max(min(charge, left), Decimal(0))
             text = description if charge >= full else f"{description} (uncollected {full - charge})"
             cur = conn.execute(
                 "insert or ignore into transactions (user_id, amount, kind, description, model,"
@@ -344,6 +606,7 @@ class SqliteStore:
             )
             if cur.rowcount != 1:
                 self._set_money(conn, user_id, user.balance, user.reserved - hold)
+                self._unhold_key(conn, key_id, hold)
                 prior = conn.execute(
                     "select amount from transactions where request_id = ? and kind = 'charge'",
                     (request_id,),
@@ -351,9 +614,38 @@ class SqliteStore:
                 return Settlement("duplicate", -to_decimal(prior["amount"]), user.balance)
             balance = user.balance - charge
             self._set_money(conn, user_id, balance, user.reserved - hold)
+            if key is not None:
+                held = max(to_decimal(key["budget_held"]) - hold, Decimal(0))
+                conn.execute(
+                    "update api_keys set budget_held = ?, budget_spent = ?, budget_window = ? where id = ?",
+                    (str(money(held)), str(money(spent + charge)), window, key_id),
+                )
+            conn.execute(
+                "insert into usage_rollups (user_id, day, model, key_id, requests, prompt_tokens,"
+                " completion_tokens, cost) values (?, ?, ?, ?, 0, 0, 0, '0') on conflict do nothing",
+                (user_id, now.date().isoformat(), model or "", key_id or ""),
+            )
+            roll = conn.execute(
+                "select cost from usage_rollups where user_id = ? and day = ? and model = ? and key_id = ?",
+                (user_id, now.date().isoformat(), model or "", key_id or ""),
+            ).fetchone()
+            conn.execute(
+                "update usage_rollups set requests = requests + 1, prompt_tokens = prompt_tokens + ?,"
+                " completion_tokens = completion_tokens + ?, cost = ?"
+                " where user_id = ? and day = ? and model = ? and key_id = ?",
+                (
+                    prompt_tokens,
+                    completion_tokens,
+                    str(money(to_decimal(roll["cost"]) + charge)),
+                    user_id,
+                    now.date().isoformat(),
+                    model or "",
+                    key_id or "",
+                ),
+            )
             conn.execute(
                 "insert into requests (request_id, user_id, model, deployment, status, hold, cost,"
-                " uncollected, usage, settled_at) values (?, ?, ?, ?, 'charged', ?, ?, ?, ?, ?)"
+                " uncollected, usage, settled_at, key_id) values (?, ?, ?, ?, 'charged', ?, ?, ?, ?, ?, ?)"
                 " on conflict (request_id) do update set status = 'charged',"
                 " deployment = excluded.deployment, cost = excluded.cost,"
                 " uncollected = excluded.uncollected, usage = excluded.usage,"
@@ -368,6 +660,7 @@ class SqliteStore:
                     str(full - charge),
                     usage_text,
                     _now(),
+                    key_id,
                 ),
             )
             return Settlement("charged", charge, money(balance))
@@ -382,9 +675,10 @@ class SqliteStore:
             ).fetchone()
             if exists is None:
                 return False
-            hold = self._take_hold(conn, user_id, request_id)
+            hold, key_id = self._take_hold(conn, user_id, request_id)
             user = self._locked_user(conn, user_id)
             self._set_money(conn, user_id, user.balance, user.reserved - hold)
+            self._unhold_key(conn, key_id, hold)
             self._mark_released(conn, request_id)
             return True
 
@@ -401,13 +695,15 @@ class SqliteStore:
     async def sweep_expired(self) -> int:
         def op(conn: sqlite3.Connection) -> int:
             rows = conn.execute(
-                "select request_id, user_id, amount from reservations where expires_at < julianday('now')"
+                "select request_id, user_id, amount, key_id from reservations"
+                " where expires_at < julianday('now')"
             ).fetchall()
             for row in rows:
                 conn.execute("delete from reservations where request_id = ?", (row["request_id"],))
                 self._mark_released(conn, row["request_id"])
                 user = self._locked_user(conn, row["user_id"])
                 self._set_money(conn, user.id, user.balance, user.reserved - to_decimal(row["amount"]))
+                self._unhold_key(conn, row["key_id"], to_decimal(row["amount"]))
             return len(rows)
 
         return await self._call(self._tx(op))

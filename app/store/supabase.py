@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -15,13 +15,18 @@ from app.store.base import (
     ApiKey,
     AuditRow,
     BalanceConflict,
+    KeyPolicy,
     RequestRecord,
     Reservation,
+    Reversal,
     Settlement,
     StoreError,
     Transaction,
+    UsageGroup,
+    UsageRow,
     User,
     UserNotFound,
+    key_from_row,
     request_from_row,
     to_decimal,
     token_count,
@@ -30,8 +35,11 @@ from app.store.base import (
 
 # supabase-py decodes responses with json.loads, which turns a numeric into a float. Casting
 # money columns to text in the select list makes PostgREST send every digit as a string.
-_USER_COLUMNS = "id,balance::text,reserved::text,rpm_limit,rph_limit,tpm_limit"
-_KEY_COLUMNS = "id,user_id,name,revoked_at,rpm_limit,tpm_limit"
+_USER_COLUMNS = "id,balance::text,reserved::text,rpm_limit,rph_limit,tpm_limit,debt::text"
+_KEY_COLUMNS = (
+    "id,user_id,name,revoked_at,rpm_limit,tpm_limit,budget_amount::text,budget_period,"
+    "budget_spent::text,expires_at,models,created_at"
+)
 _TX_COLUMNS = "id,amount::text,kind,description,created_at,model,request_id,prompt_tokens,completion_tokens"
 
 
@@ -164,19 +172,56 @@ class SupabaseStore:
         await self._run(self._db.table("api_keys").insert(row, returning=ReturnMethod.minimal))
 
     async def find_api_key(self, key_hash: str) -> ApiKey | None:
-        query = self._db.table("api_keys").select(_KEY_COLUMNS).eq("key_hash", key_hash).limit(1)
-        rows = _rows(await self._run(query))
-        if not rows:
-            return None
-        row = rows[0]
-        return ApiKey(
-            key_id=row["id"],
-            user_id=row["user_id"],
-            name=row["name"],
-            revoked=row["revoked_at"] is not None,
-            rpm_limit=row["rpm_limit"],
-            tpm_limit=row["tpm_limit"],
-        )
+        rows = await self._keys({"p_user": None, "p_key_hash": key_hash})
+        return rows[0] if rows else None
+
+    async def list_api_keys(self, user_id: str) -> list[ApiKey]:
+        return await self._keys({"p_user": user_id, "p_key_hash": None})
+
+    async def _keys(self, params: dict[str, Any]) -> list[ApiKey]:
+        out = []
+        for row in _rows(await self._rpc("billing_api_keys", params, _KEY_COLUMNS)):
+            data = dict(row)
+            data["expires_at"] = data["expires_at"] and datetime.fromisoformat(data["expires_at"])
+            data["created_at"] = datetime.fromisoformat(data["created_at"])
+            models = data["models"]
+            out.append(
+                key_from_row(
+                    data,
+                    revoked=data["revoked_at"] is not None,
+                    models=None if models is None else tuple(models),
+                )
+            )
+        return out
+
+    async def set_key_policy(self, *, user_id: str, key_id: str, policy: KeyPolicy) -> bool:
+        params = {
+            "p_user": user_id,
+            "p_key_id": key_id,
+            "p_budget": None if policy.budget is None else _num(policy.budget),
+            "p_period": policy.period if policy.budget is not None else None,
+            "p_expires_at": None if policy.expires_at is None else policy.expires_at.isoformat(),
+            "p_models": None if policy.models is None else list(policy.models),
+        }
+        data = await self._rpc("billing_set_key_policy", params)
+        if not isinstance(data, bool):
+            raise StoreError("Supabase sent an unexpected response")
+        return data
+
+    async def usage(self, user_id: str, *, start: date, end: date, group_by: UsageGroup) -> list[UsageRow]:
+        params = {
+            "p_user": user_id,
+            "p_start": start.isoformat(),
+            "p_end": end.isoformat(),
+            "p_group": group_by,
+        }
+        columns = "grp,requests,prompt_tokens,completion_tokens,cost::text"
+        return [
+            UsageRow(
+                r["grp"], r["requests"], r["prompt_tokens"], r["completion_tokens"], to_decimal(r["cost"])
+            )
+            for r in _rows(await self._rpc("billing_usage", params, columns))
+        ]
 
     async def revoke_api_key(self, *, user_id: str, key_id: str) -> bool:
         # 'now' is Postgres's own input for the current time: the database clock, not ours.
@@ -213,6 +258,7 @@ class SupabaseStore:
         model_max_output: int | None,
         ttl_seconds: int,
         model: str | None = None,
+        key_id: str | None = None,
     ) -> Reservation:
         params = {
             "p_user": user_id,
@@ -223,6 +269,7 @@ class SupabaseStore:
             "p_model_max_output": token_count(model_max_output),
             "p_ttl_seconds": ttl_seconds,
             "p_model": model,
+            "p_key_id": key_id,
         }
         columns = "status,max_tokens,hold::text,available::text"
         row = _one(await self._rpc("billing_reserve", params, columns))
@@ -312,6 +359,43 @@ class SupabaseStore:
         row["settled_at"] = row["settled_at"] and datetime.fromisoformat(row["settled_at"])
         usage = row["usage"]
         return request_from_row(row, usage if isinstance(usage, dict) else None)
+
+    async def payment_credit(
+        self,
+        *,
+        user_id: str,
+        session_id: str,
+        payment_intent: str | None,
+        amount: Decimal,
+        event_id: str,
+        event_type: str,
+    ) -> tuple[bool, Decimal]:
+        params = {
+            "p_user": user_id,
+            "p_session": session_id,
+            "p_payment_intent": payment_intent,
+            "p_amount": _num(amount),
+            "p_event_id": event_id,
+            "p_event_type": event_type,
+        }
+        row = _one(await self._rpc("billing_payment_credit", params, "applied,balance::text"))
+        return bool(row["applied"]), to_decimal(row["balance"])
+
+    async def payment_reverse(
+        self, *, payment_intent: str, amount: Decimal, cumulative: bool, event_id: str, event_type: str
+    ) -> Reversal:
+        params = {
+            "p_payment_intent": payment_intent,
+            "p_amount": _num(amount),
+            "p_cumulative": cumulative,
+            "p_event_id": event_id,
+            "p_event_type": event_type,
+        }
+        columns = "status,user_id,taken::text,debt::text,balance::text"
+        r = _one(await self._rpc("billing_payment_reverse", params, columns))
+        return Reversal(
+            r["status"], r["user_id"], to_decimal(r["taken"]), to_decimal(r["debt"]), to_decimal(r["balance"])
+        )
 
     async def audit(self) -> list[AuditRow]:
         columns = "user_id,balance::text,ledger_sum::text,reserved::text,held_sum::text"

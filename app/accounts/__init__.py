@@ -1,0 +1,1 @@
+"""Self-service accounts: keys with budgets, usage rollups, payments (Stripe), alerts."""
