@@ -356,7 +356,7 @@ def test_unknown_model_is_404(gw: Gateway, unchanged: str, fake_provider: FakePr
     fake_provider.clear()
     for stream in (False, True):
         r = chat(gw, unchanged, {"model": "gpt-nonexistent", "messages": msg(), "stream": stream})
-        error = assert_openai_error(r, 404, "invalid_request_error", "unknown_url")
+        error = assert_openai_error(r, 404, "invalid_request_error", "model_not_found")
         assert error["param"] == "model" and "gpt-nonexistent" in error["message"]
     r = httpx.post(
         gw.v1 + "/embeddings", json={"model": "nope", "input": "hi"}, headers=bearer(unchanged), timeout=30
