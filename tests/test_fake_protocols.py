@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fake_protocols.media import audio_duration, wav_bytes
 from fake_provider import FakeProvider
 
-anthropic = pytest.importorskip("anthropic")
+import anthropic  # noqa: E402  (pinned in requirements-dev.txt)
 
 MSGS = [{"role": "system", "content": "be brief"},
         {"role": "user", "content": [{"type": "text", "text": "hello there world"}]}]
