@@ -115,12 +115,31 @@ class SqliteStore:
     # -- plumbing -------------------------------------------------------------------------
 
     async def open(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
-        await self._call(self._connect)
+        """Open the file and bring its schema up to date; on failure the store stays closed."""
+        if self._conn is not None:
+            return
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        self._executor = executor
+        try:
+            await self._call(self._connect)
+        except BaseException:
+            self._executor = None
+            executor.shutdown(wait=False)
+            raise
 
     def _connect(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self._path, timeout=30, isolation_level=None, check_same_thread=False)
+        try:
+            self._prepare(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    @staticmethod
+    def _prepare(conn: sqlite3.Connection) -> None:
+        """Settings and schema; safe when several workers open one file at the same moment."""
         conn.row_factory = sqlite3.Row
         conn.execute("pragma journal_mode=wal")
         conn.execute("pragma synchronous=normal")
@@ -130,7 +149,11 @@ class SqliteStore:
         for table, column, decl in _ADDED_COLUMNS:
             have = {r["name"] for r in conn.execute(f"pragma table_info({table})")}
             if column not in have:
-                conn.execute(f"alter table {table} add column {column} {decl}")
+                try:
+                    conn.execute(f"alter table {table} add column {column} {decl}")
+                except sqlite3.OperationalError as exc:
+                    if "duplicate column" not in str(exc):  # another worker added it just now
+                        raise
         (table_sql,) = conn.execute("select sql from sqlite_master where name = 'transactions'").fetchone()
         if "'refund'" not in table_sql:
             # SQLite cannot alter a CHECK: rebuild the ledger with the kinds payments added.
@@ -144,7 +167,6 @@ class SqliteStore:
                 + "; insert into transactions select * from transactions_old;"
                 " drop table transactions_old; commit;"
             )
-        self._conn = conn
 
     async def close(self) -> None:
         if self._executor is None:
