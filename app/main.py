@@ -17,6 +17,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.accounts.alerts import BalanceAlerts, parse_thresholds
 from app.accounts.payments import StripePayments
 from app.api import account, admin, billing, chat, embeddings, health, models, payments
 from app.auth.invalidation import InvalidationBus
@@ -127,6 +128,18 @@ def _lifespan(settings: Settings, metrics: Metrics):  # type: ignore[no-untyped-
                 state.ratelimiter = await RateLimiter.create(settings, metrics)
                 stack.push_async_callback(state.ratelimiter.close)
             state.payments = StripePayments.from_settings(settings, store)
+            if settings.ALERT_WEBHOOK_URL and (
+                thresholds := parse_thresholds(settings.BILLING_ALERT_THRESHOLDS)
+            ):
+                state.alerts = BalanceAlerts(
+                    store=store,
+                    url=settings.ALERT_WEBHOOK_URL,
+                    secret=settings.ALERT_WEBHOOK_SECRET,
+                    thresholds=thresholds,
+                )
+                await state.alerts.start()
+                stack.push_async_callback(state.alerts.stop)
+                billing_service.after_settle = state.alerts.balance_changed
             if settings.ENVIRONMENT == "development" and settings.DEMO_API_KEY:
                 await ensure_demo_account(store, settings)
             app.state.gateway = state

@@ -121,6 +121,7 @@ try:  # fast path
     _dumps = orjson.dumps
     _loads = orjson.loads
 except Exception:  # pragma: no cover - stdlib fallback
+
     def _dumps(obj):
         return json.dumps(obj, separators=(",", ":")).encode()
 
@@ -131,8 +132,7 @@ except Exception:  # pragma: no cover - stdlib fallback
 # Pure helpers (importable without aiohttp)
 # --------------------------------------------------------------------------
 
-_INT_DIRECTIVES = ("fail", "slow", "chunks", "chunkdelay", "drop", "ctx",
-                   "failfirst", "retryafter")
+_INT_DIRECTIVES = ("fail", "slow", "chunks", "chunkdelay", "drop", "ctx", "failfirst", "retryafter")
 _parse_cache: dict[str, dict] = {}
 
 
@@ -143,9 +143,17 @@ def parse_model(model) -> dict:
     d = _parse_cache.get(model)
     if d is not None:
         return d
-    d = {"chunks": DEFAULT_CHUNKS, "chunkdelay": 0, "slow": 0, "fail": None,
-         "drop": None, "ctx": None, "failfirst": 0, "retryafter": None,
-         "nousage": False}
+    d = {
+        "chunks": DEFAULT_CHUNKS,
+        "chunkdelay": 0,
+        "slow": 0,
+        "fail": None,
+        "drop": None,
+        "ctx": None,
+        "failfirst": 0,
+        "retryafter": None,
+        "nousage": False,
+    }
     for part in model.split("+")[1:] if "+" in model else ():
         part = part.strip().lower()
         if part == "nousage":
@@ -226,29 +234,46 @@ def _logprob_entry(token: str, k: int, top: int) -> dict:
 
 _ERR_TYPES = {
     400: ("invalid_request_error", None, "Invalid request (fake provider)."),
-    401: ("invalid_request_error", "invalid_api_key",
-          "Incorrect API key provided: fake. You can find your API key at "
-          "https://platform.openai.com/account/api-keys."),
+    401: (
+        "invalid_request_error",
+        "invalid_api_key",
+        "Incorrect API key provided: fake. You can find your API key at "
+        "https://platform.openai.com/account/api-keys.",
+    ),
     403: ("permission_error", None, "You are not allowed to access this resource."),
-    404: ("invalid_request_error", "model_not_found",
-          "The model does not exist or you do not have access to it."),
+    404: (
+        "invalid_request_error",
+        "model_not_found",
+        "The model does not exist or you do not have access to it.",
+    ),
     408: ("timeout", None, "Request timed out."),
     409: ("invalid_request_error", None, "Conflict."),
     422: ("invalid_request_error", None, "Unprocessable entity."),
-    429: ("rate_limit_error", "rate_limit_exceeded",
-          "Rate limit reached for requests (fake provider). Please try again later."),
+    429: (
+        "rate_limit_error",
+        "rate_limit_exceeded",
+        "Rate limit reached for requests (fake provider). Please try again later.",
+    ),
 }
 
 
 def error_body(status: int, message=None, type_=None, code=None, param=None) -> bytes:
     t, c, m = _ERR_TYPES.get(
         status,
-        ("server_error", None,
-         "The server had an error while processing your request. Sorry about that!")
-        if status >= 500 else ("invalid_request_error", None, "Error %d (fake provider)." % status),
+        ("server_error", None, "The server had an error while processing your request. Sorry about that!")
+        if status >= 500
+        else ("invalid_request_error", None, "Error %d (fake provider)." % status),
     )
-    return _dumps({"error": {"message": message or m, "type": type_ or t,
-                             "param": param, "code": code if code is not None else c}})
+    return _dumps(
+        {
+            "error": {
+                "message": message or m,
+                "type": type_ or t,
+                "param": param,
+                "code": code if code is not None else c,
+            }
+        }
+    )
 
 
 def embedding_vector(text: str, dim: int = EMBED_DIM) -> list[float]:
@@ -259,7 +284,7 @@ def embedding_vector(text: str, dim: int = EMBED_DIM) -> list[float]:
     while len(raw) < 4 * dim:
         raw += hashlib.blake2b(tb, digest_size=64, salt=struct.pack("<Q", i)).digest()
         i += 1
-    ints = struct.unpack("<%dI" % dim, raw[:4 * dim])
+    ints = struct.unpack("<%dI" % dim, raw[: 4 * dim])
     vals = [(x / 2147483648.0) - 1.0 for x in ints]
     # round-trip through float32 so float and base64 encodings agree exactly
     return list(struct.unpack("<%df" % dim, struct.pack("<%df" % dim, *vals)))
@@ -268,6 +293,7 @@ def embedding_vector(text: str, dim: int = EMBED_DIM) -> list[float]:
 # --------------------------------------------------------------------------
 # Server
 # --------------------------------------------------------------------------
+
 
 def build_app(record_limit: int | None = None):
     from aiohttp import web
@@ -281,8 +307,9 @@ def build_app(record_limit: int | None = None):
         headers = None
         if d is not None and d.get("retryafter") is not None:
             headers = {"retry-after": str(d["retryafter"])}
-        return web.Response(status=status, body=error_body(status, **kw),
-                            content_type=JSON_CT, headers=headers)
+        return web.Response(
+            status=status, body=error_body(status, **kw), content_type=JSON_CT, headers=headers
+        )
 
     async def read_json(request):
         raw = await request.read()
@@ -294,9 +321,9 @@ def build_app(record_limit: int | None = None):
 
     def record(request, body):
         model = body.get("model") if isinstance(body, dict) else None
-        records.append((request.path, model, body,
-                        request.headers.get("Authorization"),
-                        tuple(request.headers.items())))
+        records.append(
+            (request.path, model, body, request.headers.get("Authorization"), tuple(request.headers.items()))
+        )
 
     async def common_gate(request, body, d, stream):
         """slow / failfirst / fail. Returns a Response to send, or None."""
@@ -322,9 +349,12 @@ def build_app(record_limit: int | None = None):
         body, ok = await read_json(request)
         record(request, body)
         if not ok:
-            return err(400, message="We could not parse the JSON body of your request. "
-                                    "(HINT: This likely means you aren't using your HTTP "
-                                    "library correctly.)")
+            return err(
+                400,
+                message="We could not parse the JSON body of your request. "
+                "(HINT: This likely means you aren't using your HTTP "
+                "library correctly.)",
+            )
         if not isinstance(body, dict):
             return err(400, message="Invalid request body: expected a JSON object.")
         model = body.get("model")
@@ -340,10 +370,17 @@ def build_app(record_limit: int | None = None):
             return r
         prompt_tokens = count_prompt_tokens(messages)
         if d["ctx"] is not None and prompt_tokens > d["ctx"]:
-            return err(400, d, code="context_length_exceeded", param="messages", message=(
-                "This model's maximum context length is %d tokens. However, your messages "
-                "resulted in %d tokens. Please reduce the length of the messages."
-                % (d["ctx"], prompt_tokens)))
+            return err(
+                400,
+                d,
+                code="context_length_exceeded",
+                param="messages",
+                message=(
+                    "This model's maximum context length is %d tokens. However, your messages "
+                    "resulted in %d tokens. Please reduce the length of the messages."
+                    % (d["ctx"], prompt_tokens)
+                ),
+            )
 
         n_choices = body.get("n") or 1
         if not isinstance(n_choices, int) or n_choices < 1:
@@ -376,9 +413,15 @@ def build_app(record_limit: int | None = None):
             top_lp = 0
 
         completion_tokens = g * n_choices
-        usage = None if d["nousage"] else {
-            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+        usage = (
+            None
+            if d["nousage"]
+            else {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            }
+        )
         num = next(seq)
         cid = "chatcmpl-fake%016x" % num
         created = int(time.time())
@@ -390,36 +433,62 @@ def build_app(record_limit: int | None = None):
             choices = []
             for i in range(n_choices):
                 if tool_name is not None:
-                    msg = {"role": "assistant", "content": None, "tool_calls": [{
-                        "id": "call_fake%x_%d" % (num, i), "type": "function",
-                        "function": {"name": tool_name, "arguments": "{}"}}],
-                        "refusal": None, "annotations": []}
+                    msg = {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [
+                            {
+                                "id": "call_fake%x_%d" % (num, i),
+                                "type": "function",
+                                "function": {"name": tool_name, "arguments": "{}"},
+                            }
+                        ],
+                        "refusal": None,
+                        "annotations": [],
+                    }
                 else:
-                    msg = {"role": "assistant", "content": content, "refusal": None,
-                           "annotations": []}
+                    msg = {"role": "assistant", "content": content, "refusal": None, "annotations": []}
                 lp = None
                 if want_lp:
-                    lp = {"content": [_logprob_entry(p, k, top_lp) for k, p in enumerate(pieces)],
-                          "refusal": None}
-                choices.append({"index": i, "message": msg, "logprobs": lp,
-                                "finish_reason": finish})
-            obj = {"id": cid, "object": "chat.completion", "created": created, "model": model,
-                   "choices": choices, "system_fingerprint": SYSTEM_FINGERPRINT}
+                    lp = {
+                        "content": [_logprob_entry(p, k, top_lp) for k, p in enumerate(pieces)],
+                        "refusal": None,
+                    }
+                choices.append({"index": i, "message": msg, "logprobs": lp, "finish_reason": finish})
+            obj = {
+                "id": cid,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": choices,
+                "system_fingerprint": SYSTEM_FINGERPRINT,
+            }
             if usage is not None:
                 obj["usage"] = usage
-            return web.Response(body=_dumps(obj), content_type=JSON_CT,
-                                headers={"x-request-id": "req_fake%x" % num})
+            return web.Response(
+                body=_dumps(obj), content_type=JSON_CT, headers={"x-request-id": "req_fake%x" % num}
+            )
 
         # ---------------- streaming ----------------
         so = body.get("stream_options")
-        include_usage = isinstance(so, dict) and so.get("include_usage") is True \
-            and not d["nousage"]
-        resp = web.StreamResponse(status=200, headers={
-            "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-            "x-request-id": "req_fake%x" % num})
+        include_usage = isinstance(so, dict) and so.get("include_usage") is True and not d["nousage"]
+        resp = web.StreamResponse(
+            status=200,
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "x-request-id": "req_fake%x" % num,
+            },
+        )
         await resp.prepare(request)
-        base = {"id": cid, "object": "chat.completion.chunk", "created": created,
-                "model": model, "system_fingerprint": SYSTEM_FINGERPRINT, "choices": None}
+        base = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "choices": None,
+        }
         if include_usage:
             base["usage"] = None
 
@@ -444,33 +513,69 @@ def build_app(record_limit: int | None = None):
 
         if tool_name is not None:
             for i in range(n_choices):
-                await write(chunk([{"index": i, "delta": {
-                    "role": "assistant", "content": None, "tool_calls": [{
-                        "index": 0, "id": "call_fake%x_%d" % (num, i), "type": "function",
-                        "function": {"name": tool_name, "arguments": ""}}],
-                    "refusal": None}, "logprobs": None, "finish_reason": None}]))
+                await write(
+                    chunk(
+                        [
+                            {
+                                "index": i,
+                                "delta": {
+                                    "role": "assistant",
+                                    "content": None,
+                                    "tool_calls": [
+                                        {
+                                            "index": 0,
+                                            "id": "call_fake%x_%d" % (num, i),
+                                            "type": "function",
+                                            "function": {"name": tool_name, "arguments": ""},
+                                        }
+                                    ],
+                                    "refusal": None,
+                                },
+                                "logprobs": None,
+                                "finish_reason": None,
+                            }
+                        ]
+                    )
+                )
             for i in range(n_choices):
-                await content_chunk(chunk([{"index": i, "delta": {"tool_calls": [{
-                    "index": 0, "function": {"arguments": "{}"}}]},
-                    "logprobs": None, "finish_reason": None}]))
+                await content_chunk(
+                    chunk(
+                        [
+                            {
+                                "index": i,
+                                "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]},
+                                "logprobs": None,
+                                "finish_reason": None,
+                            }
+                        ]
+                    )
+                )
         else:
             for i in range(n_choices):
-                await write(chunk([{"index": i, "delta": {"role": "assistant", "content": "",
-                                                          "refusal": None},
-                                    "logprobs": None, "finish_reason": None}]))
+                await write(
+                    chunk(
+                        [
+                            {
+                                "index": i,
+                                "delta": {"role": "assistant", "content": "", "refusal": None},
+                                "logprobs": None,
+                                "finish_reason": None,
+                            }
+                        ]
+                    )
+                )
             for k, p in enumerate(pieces):
-                lp = ({"content": [_logprob_entry(p, k, top_lp)], "refusal": None}
-                      if want_lp else None)
+                lp = {"content": [_logprob_entry(p, k, top_lp)], "refusal": None} if want_lp else None
                 for i in range(n_choices):
-                    await content_chunk(chunk([{"index": i, "delta": {"content": p},
-                                                "logprobs": lp, "finish_reason": None}]))
+                    await content_chunk(
+                        chunk([{"index": i, "delta": {"content": p}, "logprobs": lp, "finish_reason": None}])
+                    )
         if drop is not None:
             # k >= number of content chunks: still drop before the finish chunk
             abort(request)
             raise ConnectionResetError("fake provider: dropped stream")
         for i in range(n_choices):
-            await write(chunk([{"index": i, "delta": {}, "logprobs": None,
-                                "finish_reason": finish}]))
+            await write(chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": finish}]))
         if include_usage:
             base["choices"] = []
             base["usage"] = usage
@@ -494,14 +599,22 @@ def build_app(record_limit: int | None = None):
             items = [inp]
         elif isinstance(inp, list) and inp and all(isinstance(x, int) for x in inp):
             items = [inp]
-        elif isinstance(inp, list) and inp and all(
+        elif (
+            isinstance(inp, list)
+            and inp
+            and all(
                 isinstance(x, str) or (isinstance(x, list) and all(isinstance(y, int) for y in x))
-                for x in inp):
+                for x in inp
+            )
+        ):
             items = inp
         else:
-            return err(400, message="'$.input' is invalid. Please check the API reference: "
-                                    "https://platform.openai.com/docs/api-reference.",
-                       param="input")
+            return err(
+                400,
+                message="'$.input' is invalid. Please check the API reference: "
+                "https://platform.openai.com/docs/api-reference.",
+                param="input",
+            )
         d = parse_model(model)
         r = await common_gate(request, body, d, False)
         if r is not None:
@@ -521,9 +634,16 @@ def build_app(record_limit: int | None = None):
                 nt = len(it.split())
             tokens += nt
             if d["ctx"] is not None and nt > d["ctx"]:
-                return err(400, d, code="context_length_exceeded", param="input", message=(
-                    "This model's maximum context length is %d tokens, however you requested "
-                    "%d tokens in your input. Please reduce your input." % (d["ctx"], nt)))
+                return err(
+                    400,
+                    d,
+                    code="context_length_exceeded",
+                    param="input",
+                    message=(
+                        "This model's maximum context length is %d tokens, however you requested "
+                        "%d tokens in your input. Please reduce your input." % (d["ctx"], nt)
+                    ),
+                )
             vec = embedding_vector(text, dim)
             emb = base64.b64encode(struct.pack("<%df" % dim, *vec)).decode() if b64 else vec
             data.append({"object": "embedding", "index": i, "embedding": emb})
@@ -542,25 +662,26 @@ def build_app(record_limit: int | None = None):
 
     async def list_models(request):
         record(request, None)
-        return web.Response(body=_dumps({"object": "list",
-                                         "data": [model_obj(m) for m in _MODELS]}),
-                            content_type=JSON_CT)
+        return web.Response(
+            body=_dumps({"object": "list", "data": [model_obj(m) for m in _MODELS]}), content_type=JSON_CT
+        )
 
     async def get_model(request):
         record(request, None)
-        return web.Response(body=_dumps(model_obj(request.match_info["model"])),
-                            content_type=JSON_CT)
+        return web.Response(body=_dumps(model_obj(request.match_info["model"])), content_type=JSON_CT)
 
     async def not_found(request):
         body, _ = await read_json(request) if request.can_read_body else (None, True)
         record(request, body)
-        return err(404, code="unknown_url", message="Unknown request URL: %s %s."
-                   % (request.method, request.path))
+        return err(
+            404, code="unknown_url", message="Unknown request URL: %s %s." % (request.method, request.path)
+        )
 
     async def get_requests(request):
-        out = [{"path": p, "model": m, "body": b, "authorization": a,
-                "headers": {k.lower(): v for k, v in h}}
-               for (p, m, b, a, h) in list(records)]
+        out = [
+            {"path": p, "model": m, "body": b, "authorization": a, "headers": {k.lower(): v for k, v in h}}
+            for (p, m, b, a, h) in list(records)
+        ]
         return web.Response(body=_dumps(out), content_type=JSON_CT)
 
     async def clear_requests(request):
@@ -615,11 +736,16 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="Fake OpenAI-compatible LLM provider")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--record-limit", type=int, default=100000,
-                    help="keep only the last N recorded requests (0 = unlimited; "
-                         "default 100000 so long load tests stay bounded in memory)")
+    ap.add_argument(
+        "--record-limit",
+        type=int,
+        default=100000,
+        help="keep only the last N recorded requests (0 = unlimited; "
+        "default 100000 so long load tests stay bounded in memory)",
+    )
     args = ap.parse_args(argv)
     import logging
+
     # dropped connections are intentional; keep aiohttp quiet about them
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
     logging.getLogger("aiohttp.web").setLevel(logging.CRITICAL)
@@ -636,14 +762,16 @@ def main(argv=None):
 # Stdlib-only helper for pytest / benchmarks
 # --------------------------------------------------------------------------
 
+
 class FakeProvider:
     """Run the fake provider as a subprocess.
 
     ``with FakeProvider() as fp: fp.base_url -> "http://127.0.0.1:PORT/v1"``
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, extra_args=(),
-                 timeout: float = 20.0, env=None):
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, extra_args=(), timeout: float = 20.0, env=None
+    ):
         self.host = host
         self.port = port
         self.extra_args = list(extra_args)
@@ -657,10 +785,18 @@ class FakeProvider:
         return self.url + "/v1"
 
     def start(self) -> FakeProvider:
-        cmd = [sys.executable, os.path.abspath(__file__), "--host", self.host,
-               "--port", str(self.port), *self.extra_args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                     env=self.env, text=True)
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            *self.extra_args,
+        ]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=self.env, text=True
+        )
         q: queue.Queue = queue.Queue()
 
         def reader(stream):

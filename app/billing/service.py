@@ -62,6 +62,8 @@ class BillingService:
         self._replay_interval = replay_interval_seconds
         self._tasks: set[asyncio.Task[object]] = set()
         self._loops: list[asyncio.Task[None]] = []
+        # Told the user id after every charge (low-balance alerts); must not block.
+        self.after_settle: Callable[[str], None] | None = None
 
     async def start(self) -> None:
         """Start the sweeper of expired holds and the journal replayer."""
@@ -199,6 +201,8 @@ class BillingService:
             self._metrics.billing(operation="settle", outcome="journaled")
             log.warning("settlement journaled for replay", extra={"billing_request": hold.request_id})
             return cost
+        if self.after_settle is not None and settled.status == "charged":
+            self.after_settle(hold.user_id)
         if settled.charged < cost:
             log.error(
                 "charge capped by balance",
