@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     STRIPE_SUCCESS_URL: str = ""
     STRIPE_CANCEL_URL: str = ""
     STRIPE_API_BASE: str = ""
+    # Low-balance alerts: a signed POST to ALERT_WEBHOOK_URL per downward threshold crossing.
+    ALERT_WEBHOOK_URL: str = ""
+    ALERT_WEBHOOK_SECRET: str = ""
+    BILLING_ALERT_THRESHOLDS: str = ""
 
     DATA_DIR: str = "./.data"
     # A demo account only when asked for (`make run` asks), only on the embedded store.
@@ -133,6 +137,8 @@ class Settings(BaseSettings):
             problems.append(
                 "STRIPE_SECRET_KEY without STRIPE_WEBHOOK_SECRET: payments would never be credited"
             )
+        if self.ALERT_WEBHOOK_URL and not self.ALERT_WEBHOOK_SECRET:
+            problems.append("ALERT_WEBHOOK_URL without ALERT_WEBHOOK_SECRET: alerts would be unsigned")
         return problems
 
 

@@ -19,6 +19,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from app.accounts.alerts import BalanceAlerts, parse_thresholds
 from app.accounts.payments import StripePayments
 from app.api import account, admin, billing, chat, embeddings, health, models, payments
 from app.auth.invalidation import InvalidationBus
@@ -152,6 +153,18 @@ def _lifespan(settings: Settings, metrics: Metrics):  # type: ignore[no-untyped-
                 ratelimiter=ratelimiter,
             )
             state.payments = StripePayments.from_settings(settings, store)
+            if settings.ALERT_WEBHOOK_URL and (
+                thresholds := parse_thresholds(settings.BILLING_ALERT_THRESHOLDS)
+            ):
+                state.alerts = BalanceAlerts(
+                    store=store,
+                    url=settings.ALERT_WEBHOOK_URL,
+                    secret=settings.ALERT_WEBHOOK_SECRET,
+                    thresholds=thresholds,
+                )
+                await state.alerts.start()
+                stack.push_async_callback(state.alerts.stop)
+                billing_service.after_settle = state.alerts.balance_changed
             if settings.demo_account_wanted(store.kind):
                 await ensure_demo_account(store, settings)
             app.state.gateway = state

@@ -17,6 +17,7 @@ from app.observability.tracing import LLMTracer
 from app.store.base import Store
 
 if TYPE_CHECKING:
+    from app.accounts.alerts import BalanceAlerts
     from app.accounts.payments import StripePayments
     from app.ratelimit import RateLimiter
 
@@ -34,5 +35,6 @@ class AppState:
     calls: CallService
     ratelimiter: RateLimiter | None = None
     payments: StripePayments | None = None  # None while Stripe is not configured
+    alerts: BalanceAlerts | None = None  # None without ALERT_WEBHOOK_URL and thresholds
     started_at: float = field(default_factory=time.time)
     health_history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=100))

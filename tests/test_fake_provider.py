@@ -15,8 +15,10 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fake_provider import FakeProvider, embedding_vector
 
-MSGS = [{"role": "system", "content": "be brief"},
-        {"role": "user", "content": [{"type": "text", "text": "hello there world"}]}]
+MSGS = [
+    {"role": "system", "content": "be brief"},
+    {"role": "user", "content": [{"type": "text", "text": "hello there world"}]},
+]
 PROMPT_TOKENS = (2 + 1) + (3 + 1)
 
 
@@ -49,8 +51,9 @@ def test_json_completion_with_usage(client):
 
 
 def test_n_choices_max_tokens_and_logprobs(client):
-    r = client.chat.completions.create(model="fake+chunks-10", messages=MSGS, n=2,
-                                       max_tokens=4, logprobs=True, top_logprobs=2)
+    r = client.chat.completions.create(
+        model="fake+chunks-10", messages=MSGS, n=2, max_tokens=4, logprobs=True, top_logprobs=2
+    )
     assert len(r.choices) == 2
     assert [c.index for c in r.choices] == [0, 1]
     for c in r.choices:
@@ -69,18 +72,18 @@ def test_tools_and_json_mode(client):
     assert c.message.content is None
     assert c.message.tool_calls[0].function.name == "get_weather"
     assert c.message.tool_calls[0].function.arguments == "{}"
-    r = client.chat.completions.create(model="fake", messages=MSGS, tools=tools,
-                                       tool_choice="none")
+    r = client.chat.completions.create(model="fake", messages=MSGS, tools=tools, tool_choice="none")
     assert r.choices[0].message.tool_calls is None
-    r = client.chat.completions.create(model="fake+chunks-2", messages=MSGS,
-                                       response_format={"type": "json_object"})
+    r = client.chat.completions.create(
+        model="fake+chunks-2", messages=MSGS, response_format={"type": "json_object"}
+    )
     assert json.loads(r.choices[0].message.content) == {"text": "tok0 tok1 "}
 
 
 def test_stream_with_include_usage(client):
     stream = client.chat.completions.create(
-        model="fake+chunks-4", messages=MSGS, stream=True,
-        stream_options={"include_usage": True})
+        model="fake+chunks-4", messages=MSGS, stream=True, stream_options={"include_usage": True}
+    )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -97,21 +100,23 @@ def test_stream_with_include_usage(client):
 
 
 def test_stream_without_usage(client):
-    chunks = list(client.chat.completions.create(model="fake+chunks-2", messages=MSGS,
-                                                 stream=True))
+    chunks = list(client.chat.completions.create(model="fake+chunks-2", messages=MSGS, stream=True))
     assert all(c.usage is None for c in chunks)
     assert all(c.choices for c in chunks)
     # nousage wins even when include_usage is asked
-    chunks = list(client.chat.completions.create(
-        model="fake+chunks-2+nousage", messages=MSGS, stream=True,
-        stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model="fake+chunks-2+nousage", messages=MSGS, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert all(c.usage is None and c.choices for c in chunks)
 
 
 def test_stream_raw_wire_format(fp, client):
     body = json.dumps({"model": "fake+chunks-2", "messages": MSGS, "stream": True}).encode()
-    req = urllib.request.Request(fp.base_url + "/chat/completions", data=body,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        fp.base_url + "/chat/completions", data=body, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=10) as r:
         assert r.headers["Content-Type"].startswith("text/event-stream")
         raw = r.read().decode()
@@ -144,8 +149,7 @@ def test_ctx_and_failfirst(client):
 
 
 def test_drop_stream(client):
-    stream = client.chat.completions.create(model="fake+chunks-5+drop-2", messages=MSGS,
-                                            stream=True)
+    stream = client.chat.completions.create(model="fake+chunks-5+drop-2", messages=MSGS, stream=True)
     contents = []
     with pytest.raises(Exception):
         for c in stream:
@@ -165,8 +169,7 @@ def test_slow_and_chunkdelay(client):
     assert time.monotonic() - t0 >= 0.2
     t0 = time.monotonic()
     stamps = []
-    for c in client.chat.completions.create(model="fake+chunks-3+chunkdelay-100",
-                                            messages=MSGS, stream=True):
+    for c in client.chat.completions.create(model="fake+chunks-3+chunkdelay-100", messages=MSGS, stream=True):
         stamps.append(time.monotonic() - t0)
     assert stamps[-1] >= 0.3
     assert stamps[0] < 0.1  # role chunk is not delayed; chunks are written as produced
@@ -178,8 +181,7 @@ def test_embeddings(client):
     assert len(r.data[0].embedding) == 8
     assert r.data[0].embedding == pytest.approx(embedding_vector("hello world"))
     assert r.usage.prompt_tokens == 3
-    r2 = client.embeddings.create(model="fake-embed", input="hello world",
-                                  encoding_format="float")
+    r2 = client.embeddings.create(model="fake-embed", input="hello world", encoding_format="float")
     assert r2.data[0].embedding == r.data[0].embedding
     r3 = client.embeddings.create(model="fake-embed", input=[[1, 2, 3]])
     assert r3.usage.prompt_tokens == 3
@@ -187,8 +189,9 @@ def test_embeddings(client):
 
 def test_requests_recorded(fp, client):
     tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
-    client.chat.completions.create(model="fake", messages=MSGS, seed=42, tools=tools,
-                                   extra_headers={"X-Trace": "abc"})
+    client.chat.completions.create(
+        model="fake", messages=MSGS, seed=42, tools=tools, extra_headers={"X-Trace": "abc"}
+    )
     client.embeddings.create(model="fake-embed", input="hi")
     recs = fp.requests()
     assert [r["path"] for r in recs] == ["/v1/chat/completions", "/v1/embeddings"]
@@ -204,8 +207,9 @@ def test_requests_recorded(fp, client):
 
 
 def test_bad_json_and_models(fp, client):
-    req = urllib.request.Request(fp.base_url + "/chat/completions", data=b"{not json",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        fp.base_url + "/chat/completions", data=b"{not json", headers={"Content-Type": "application/json"}
+    )
     with pytest.raises(urllib.error.HTTPError) as ei:
         urllib.request.urlopen(req, timeout=10)
     assert ei.value.code == 400

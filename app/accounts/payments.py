@@ -33,6 +33,7 @@ class WebhookOutcome:
     event_id: str
     type: str
     action: str  # credited, duplicate, reversed, ignored
+    user_id: str | None = None
 
 
 def parse_topup(raw: object) -> Decimal:
@@ -196,7 +197,7 @@ class StripePayments:
         except UserNotFound:
             log.error("paid checkout session for an unknown user", extra={"session": session.get("id")})
             return WebhookOutcome(event.id, event.type, "ignored")
-        return WebhookOutcome(event.id, event.type, "credited" if applied else "duplicate")
+        return WebhookOutcome(event.id, event.type, "credited" if applied else "duplicate", user_id)
 
     async def _reverse(
         self, event: stripe.Event, payment_intent: object, amount: object, cumulative: bool

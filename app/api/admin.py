@@ -129,6 +129,8 @@ async def add_credits(user_id: str, body: JsonBody, state: State) -> MoneyJSONRe
         raise InvalidRequest("The adjustment would take the balance below zero.", param="amount") from exc
     except StoreError as exc:
         raise StoreUnavailable("The account store is unavailable.") from exc
+    if state.alerts is not None and applied:
+        state.alerts.balance_changed(user_id)  # re-arms the thresholds it rose above
     return MoneyJSONResponse({"user_id": user_id, "balance": balance, "applied": applied})
 
 

@@ -29,4 +29,6 @@ async def stripe_webhook(request: Request, state: State) -> MoneyJSONResponse:
     payload = await request.body()
     event = state.payments.verify(payload, request.headers.get("stripe-signature"))
     outcome = await state.payments.handle(event)
+    if state.alerts is not None and outcome.action == "credited" and outcome.user_id:
+        state.alerts.balance_changed(outcome.user_id)  # re-arms the thresholds it rose above
     return MoneyJSONResponse({"received": True, "id": outcome.event_id, "action": outcome.action})

@@ -72,6 +72,8 @@ class BillingService:
         self._replay_interval = replay_interval_seconds
         self._tasks: set[asyncio.Task[object]] = set()
         self._loops: list[asyncio.Task[None]] = []
+        # Told the user id after every charge (low-balance alerts); must not block.
+        self.after_settle: Callable[[str], None] | None = None
 
     async def start(self) -> None:
         """Start the sweeper of expired holds and the journal replayer."""
@@ -218,6 +220,8 @@ class BillingService:
             return Charge(cost)
         if settled.status != "charged":
             return Charge(settled.charged)
+        if self.after_settle is not None:
+            self.after_settle(hold.user_id)
         if settled.charged < cost:
             self._metrics.billing(operation="settle", outcome="uncollected")
             log.error(

@@ -273,6 +273,13 @@ class Store(Protocol):
         """Take a refunded or disputed payment back once per event; what is not there becomes debt."""
         ...
 
+    async def alert_crossings(self, user_id: str, thresholds: list[Decimal]) -> list[tuple[Decimal, Decimal]]:
+        """Thresholds the balance has just fallen below, once each until it rises above them again.
+
+        Returns (threshold, balance) pairs; thresholds the balance is at or above are re-armed.
+        """
+        ...
+
     async def audit(self) -> list[AuditRow]:
         """Accounts whose balance is not their ledger sum, or whose holds don't add up."""
         ...

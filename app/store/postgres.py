@@ -371,6 +371,12 @@ class PostgresStore:
         assert row is not None
         return Reversal(row["status"], row["user_id"], row["taken"], row["debt"], row["balance"])
 
+    async def alert_crossings(self, user_id: str, thresholds: list[Decimal]) -> list[tuple[Decimal, Decimal]]:
+        rows = await self._run(
+            lambda c: c.fetch("select * from billing_alert_crossings($1, $2)", user_id, thresholds)
+        )
+        return sorted(((r["threshold"], r["balance"]) for r in rows), reverse=True)
+
     async def audit(self) -> list[AuditRow]:
         rows = await self._run(lambda c: c.fetch("select * from billing_audit()"))
         return [

@@ -771,6 +771,30 @@ class SqliteStore:
 
         return await self._call(q)
 
+    async def alert_crossings(self, user_id: str, thresholds: list[Decimal]) -> list[tuple[Decimal, Decimal]]:
+        def op(conn: sqlite3.Connection) -> list[tuple[Decimal, Decimal]]:
+            row = conn.execute("select balance from users where id = ?", (user_id,)).fetchone()
+            if row is None:
+                return []
+            balance = to_decimal(row["balance"])
+            fired = []
+            for threshold in sorted(set(map(money, thresholds)), reverse=True):
+                if threshold <= balance:
+                    conn.execute(
+                        "delete from balance_alerts where user_id = ? and threshold = ?",
+                        (user_id, str(threshold)),
+                    )
+                    continue
+                cur = conn.execute(
+                    "insert or ignore into balance_alerts (user_id, threshold) values (?, ?)",
+                    (user_id, str(threshold)),
+                )
+                if cur.rowcount == 1:
+                    fired.append((threshold, balance))
+            return fired
+
+        return await self._call(self._tx(op))
+
     async def audit(self) -> list[AuditRow]:
         def q() -> list[AuditRow]:
             assert self._conn is not None

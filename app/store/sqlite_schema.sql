@@ -48,3 +48,7 @@ create table if not exists payments (
 create table if not exists payment_events (
     id text primary key, type text not null, payment text,
     received_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')));
+create table if not exists balance_alerts (
+    user_id text not null references users (id), threshold text not null,
+    alerted_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    primary key (user_id, threshold));

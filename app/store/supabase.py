@@ -397,6 +397,11 @@ class SupabaseStore:
             r["status"], r["user_id"], to_decimal(r["taken"]), to_decimal(r["debt"]), to_decimal(r["balance"])
         )
 
+    async def alert_crossings(self, user_id: str, thresholds: list[Decimal]) -> list[tuple[Decimal, Decimal]]:
+        params = {"p_user": user_id, "p_thresholds": [_num(t) for t in thresholds]}
+        rows = _rows(await self._rpc("billing_alert_crossings", params, "threshold::text,balance::text"))
+        return sorted(((to_decimal(r["threshold"]), to_decimal(r["balance"])) for r in rows), reverse=True)
+
     async def audit(self) -> list[AuditRow]:
         columns = "user_id,balance::text,ledger_sum::text,reserved::text,held_sum::text"
         return [

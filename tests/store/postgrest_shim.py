@@ -286,9 +286,7 @@ class PostgrestShim:
             raise PgrstError(404, "PGRST205", f"Could not find the table 'public.{table}'")
         return {r["attname"]: r["type"] for r in rows}
 
-    async def _rpc(
-        self, conn: asyncpg.Connection, name: str, payload: Any, query: Mapping[str, str]
-    ) -> str:
+    async def _rpc(self, conn: asyncpg.Connection, name: str, payload: Any, query: Mapping[str, str]) -> str:
         if not isinstance(payload, dict):
             raise PgrstError(400, "PGRST102", "the body of a function call must be a JSON object")
         procs = await conn.fetch(

@@ -347,3 +347,28 @@ async def test_a_dispute_after_a_partial_refund_takes_back_no_more_than_was_paid
         event_type="charge.refunded",
     )
     assert unknown.status == "unknown_payment"
+
+
+# -- low-balance alerts: once per downward crossing, re-armed above ---------------------------
+
+
+async def test_concurrent_checks_report_each_crossing_once_and_rearm_above(backend: Backend) -> None:  # noqa: F811
+    store = backend.store
+    uid, key_id = await _user_with_key(store, balance="10")
+    thresholds = [Decimal(5), Decimal(2)]
+    assert await store.alert_crossings(uid, thresholds) == []
+    for _ in range(6):
+        assert await _call(store, uid, key_id) == "ok"  # balance 4
+    results = await asyncio.gather(*(store.alert_crossings(uid, thresholds) for _ in range(10)))
+    assert sorted(r for result in results for r in result) == [(Decimal(5), Decimal(4))]
+    await store.credit(user_id=uid, amount=Decimal("0.5"), description="up a bit", idempotency_key=None)
+    assert await store.alert_crossings(uid, thresholds) == []  # 4.5: still below 5, nothing new
+    await store.credit(user_id=uid, amount=Decimal(2), description="up", idempotency_key=None)
+    assert await store.alert_crossings(uid, thresholds) == []  # 6.5: re-armed
+    for _ in range(6):
+        assert await _call(store, uid, key_id) == "ok"  # 0.5
+    assert await store.alert_crossings(uid, thresholds) == [
+        (Decimal(5), Decimal("0.5")),
+        (Decimal(2), Decimal("0.5")),
+    ]
+    assert await store.alert_crossings("nobody", thresholds) == []

@@ -60,9 +60,7 @@ async def test_ensure_user_creates_once_under_20_concurrent_calls(store: Supabas
 
 
 @pytest.mark.asyncio
-async def test_credit_applies_once_per_idempotency_key(
-    store: SupabaseStore, shim: PostgrestShim
-) -> None:
+async def test_credit_applies_once_per_idempotency_key(store: SupabaseStore, shim: PostgrestShim) -> None:
     uid = _uid()
     await store.ensure_user(uid, Decimal(1))
     since = len(shim.requests)
@@ -74,13 +72,9 @@ async def test_credit_applies_once_per_idempotency_key(
     )
     assert first == (Decimal("1.10000000"), True)
     assert again == (Decimal("1.10000000"), False)
-    keyless = await store.credit(
-        user_id=uid, amount=Decimal("0.2"), description="gift", idempotency_key=None
-    )
+    keyless = await store.credit(user_id=uid, amount=Decimal("0.2"), description="gift", idempotency_key=None)
     assert keyless == (Decimal("1.30000000"), True)
-    assert [c["p_amount"] for c in _rpc_calls(shim, "billing_credit", since)] == ["0.1"] * 2 + [
-        "0.2"
-    ]
+    assert [c["p_amount"] for c in _rpc_calls(shim, "billing_credit", since)] == ["0.1"] * 2 + ["0.2"]
 
 
 @pytest.mark.asyncio
@@ -99,9 +93,7 @@ async def test_taking_held_funds_is_balance_conflict(store: SupabaseStore) -> No
     assert reservation.status == "ok"
     # Taking back 0.5 would leave 0.5 against 0.6 held for the call in flight.
     with pytest.raises(BalanceConflict):
-        await store.credit(
-            user_id=uid, amount=Decimal("-0.5"), description="refund", idempotency_key=None
-        )
+        await store.credit(user_id=uid, amount=Decimal("-0.5"), description="refund", idempotency_key=None)
     user = await store.get_user(uid)
     assert user is not None and user.balance == Decimal(1) and user.reserved == Decimal("0.6")
 
@@ -321,9 +313,7 @@ async def test_audit_is_empty_after_all_that(store: SupabaseStore) -> None:
 
 
 @pytest.mark.asyncio
-async def test_amounts_travel_as_exact_decimal_strings(
-    store: SupabaseStore, shim: PostgrestShim
-) -> None:
+async def test_amounts_travel_as_exact_decimal_strings(store: SupabaseStore, shim: PostgrestShim) -> None:
     uid = _uid()
     since = len(shim.requests)
     await store.ensure_user(uid, Decimal("123456789012.12345678"))
@@ -363,9 +353,7 @@ async def test_supabase_py_would_read_an_uncast_numeric_as_float(shim: Postgrest
     finally:
         await store.close()
     async with httpx.AsyncClient() as http:
-        client = await acreate_client(
-            shim.url, SERVICE_KEY, options=AsyncClientOptions(httpx_client=http)
-        )
+        client = await acreate_client(shim.url, SERVICE_KEY, options=AsyncClientOptions(httpx_client=http))
         response = await client.table("users").select("balance").eq("id", uid).execute()
     raw = [r for r in shim.requests if r.query == [("select", "balance"), ("id", f"eq.{uid}")]]
     assert raw and isinstance(response.data[0]["balance"], float)  # type: ignore[index,call-overload]
@@ -373,9 +361,7 @@ async def test_supabase_py_would_read_an_uncast_numeric_as_float(shim: Postgrest
 
 
 @pytest.mark.asyncio
-async def test_server_error_is_store_error_without_the_key(
-    store: SupabaseStore, shim: PostgrestShim
-) -> None:
+async def test_server_error_is_store_error_without_the_key(store: SupabaseStore, shim: PostgrestShim) -> None:
     body = json.dumps({"code": "XX000", "message": f"boom apikey={SERVICE_KEY}", "details": None})
     shim.fail_next(500, body)
     with pytest.raises(StoreError) as caught:
