@@ -122,6 +122,7 @@ class BillingService:
         n: int = 1,
         tier: str | None = None,
         key_id: str | None = None,
+        fixed_cost: Decimal = Decimal(0),
     ) -> Hold | None:
         """Hold the most this call can cost; the hold's max_tokens caps the call."""
         if not self.enabled:
@@ -136,7 +137,8 @@ class BillingService:
             r = await self.store.reserve(
                 user_id=user_id,
                 request_id=request_id,
-                prompt_cost=prompt_tokens * price.hold_input,
+                # fixed_cost: what the call costs whatever it generates (images, seconds, ...).
+                prompt_cost=prompt_tokens * price.hold_input + fixed_cost,
                 output_price=price.hold_output * n,
                 # The store takes a 32-bit integer; anything larger is unaffordable anyway.
                 max_tokens=None if max_tokens is None else min(max_tokens, 2**31 - 1),

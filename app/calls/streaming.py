@@ -21,7 +21,7 @@ from app.billing.estimate import count_text
 from app.billing.service import BillingService, Hold
 from app.calls.drain import Drain
 from app.calls.record import CallRecord, Recorder
-from app.errors import UpstreamUnavailable, sse_error_event
+from app.errors import UpstreamUnavailable
 from app.llm.results import CompletionStream
 from app.llm.router import translate_error
 from app.observability.sentry import capture_upstream_failure
@@ -73,13 +73,13 @@ async def metered(
                     billing.release_soon(hold)
                 billing.detach(_close(stream))
                 recorder.finished(call, "error", error=error)
-                yield sse_error_event(error)
+                yield stream.error_event(error)
                 return
         if drain.fired and outcome is None:
             outcome = "shutdown"
             await _settle(stream, call, hold, billing, recorder)
             recorder.finished(call, "shutdown")
-            yield sse_error_event(
+            yield stream.error_event(
                 UpstreamUnavailable("The gateway is restarting; the stream ended early. Retry the request.")
             )
             return

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from app.errors import UpstreamError
+from app.errors import GatewayError, UpstreamError, sse_error_event
 from app.llm.results import StreamMeter, money_fragment
 from app.usage import Usage
 
@@ -86,6 +86,9 @@ class _ChatStreamBase:
         if cost is not None:
             chunk["usage"]["cost"] = money_fragment(cost)
         return _DATA + orjson.dumps(chunk) + b"\n\n" + DONE
+
+    def error_event(self, error: GatewayError) -> bytes:
+        return sse_error_event(error)
 
     def cut(self) -> bytes:
         chunk = self._template()

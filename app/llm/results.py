@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from app.errors import GatewayError
 from app.usage import Usage
 
 
@@ -84,6 +85,10 @@ class CompletionStream(Protocol):
 
     def cut(self) -> bytes:
         """Events that end the stream early as if the output limit was reached."""
+        ...
+
+    def error_event(self, error: GatewayError) -> bytes:
+        """A failure after the stream started, as this protocol's error event."""
         ...
 
     async def aclose(self) -> None: ...
