@@ -127,3 +127,25 @@ class StoreUnavailable(GatewayError):
 def sse_error_event(error: GatewayError) -> bytes:
     """An error as one SSE event, for failures after a stream has started."""
     return b"data: " + error.body_bytes() + b"\n\n"
+
+
+class StoreFailure(Exception):
+    """Base of every error a store raises (`app.store.base` defines the kinds)."""
+
+
+def from_store(exc: StoreFailure) -> GatewayError:
+    """The one table from a store error that reached a route to what the caller gets.
+
+    Routes that can say something more precise (an admin adjustment that would overdraw)
+    catch the specific kind themselves; everything else ends here.
+    """
+    kind = type(exc).__name__
+    if kind == "UserNotFound":
+        return NotFound("No such account.", code="user_not_found")
+    if kind == "UserExists":
+        return GatewayError("The account already exists.", code="user_exists", status_code=409)
+    if kind == "BalanceConflict":
+        return GatewayError(
+            "The change would take money that is not there.", code="balance_conflict", status_code=409
+        )
+    return StoreUnavailable("The account store is unavailable; try again.")

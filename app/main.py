@@ -34,7 +34,7 @@ from app.calls.drain import Drain
 from app.calls.lifecycle import CallService
 from app.calls.record import Recorder
 from app.config import Settings, load_model_config
-from app.errors import ClientClosed, GatewayError, InvalidRequest, NotFound
+from app.errors import ClientClosed, GatewayError, InvalidRequest, NotFound, StoreFailure, from_store
 from app.llm.fastpath import DirectCaller, close_session
 from app.llm.router import LLMService, apply_litellm_settings, build_router
 from app.middleware import GatewayMiddleware
@@ -265,7 +265,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         log.exception("unhandled error")
         return _error_response(GatewayError("The gateway hit an internal error.", code="internal_error"))
 
+    async def store_failure(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StoreFailure)
+        return _error_response(from_store(exc))
+
     app.add_exception_handler(GatewayError, gateway_error)
+    app.add_exception_handler(StoreFailure, store_failure)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unhandled)

@@ -69,10 +69,7 @@ async def transactions(
 @router.get("/requests/{request_id}")
 async def request_record(request_id: str, principal: CurrentUser, state: State) -> MoneyJSONResponse:
     """One of the caller's calls: held, charged or released, with its usage and cost."""
-    try:
-        record = await state.store.get_request(principal.user_id, request_id[:128])
-    except StoreError as exc:
-        raise StoreUnavailable("Billing is unavailable; try again.") from exc
+    record = await state.store.get_request(principal.user_id, request_id[:128])
     if record is None:
         raise NotFound(f"No request '{request_id[:128]}' of yours is known.", code="request_not_found")
     return MoneyJSONResponse(

@@ -7,6 +7,8 @@ from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal, Protocol
 
+from app.errors import StoreFailure
+
 MONEY_PLACES = Decimal("0.00000001")
 # Token counts in billing_reserve are Postgres integers. Asking for more tokens than that is the
 # same request as asking for that many: no provider generates two billion tokens in one call.
@@ -18,19 +20,19 @@ def token_count(value: int | None) -> int | None:
     return None if value is None else min(value, TOKEN_LIMIT)
 
 
-class StoreError(Exception):
+class StoreError(StoreFailure):
     """The store could not be reached or failed; callers fail closed."""
 
 
-class UserExists(Exception):
+class UserExists(StoreFailure):
     """An account with that id already exists."""
 
 
-class UserNotFound(Exception):
+class UserNotFound(StoreFailure):
     """No account with that id."""
 
 
-class BalanceConflict(Exception):
+class BalanceConflict(StoreFailure):
     """The change would take money that is not there (or is held for calls in flight)."""
 
 
