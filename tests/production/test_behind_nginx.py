@@ -207,6 +207,29 @@ def test_request_id_comes_back_through_nginx(stack: Stack) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_every_call_through_nginx_names_its_ledger_row(stack: Stack, stream: bool) -> None:
+    with httpx.Client(timeout=30) as client:
+        r = client.post(
+            stack.nginx.url + "/v1/chat/completions",
+            json={**chat_body(CHAT_MODEL), "stream": stream},
+            headers=bearer(stack.key),
+        )
+        assert r.status_code == 200, r.text
+        ledger_id = r.headers["x-gateway-request-id"]
+        assert ledger_id != r.headers["x-request-id"]  # nginx's id is not the ledger's
+        rows = client.get(
+            stack.nginx.url + "/billing/transactions?limit=100", headers=bearer(stack.key)
+        ).json()["transactions"]
+        assert ledger_id in [t["request_id"] for t in rows]
+        record = client.get(stack.nginx.url + f"/billing/requests/{ledger_id}", headers=bearer(stack.key))
+        assert record.status_code == 200 and record.json()["status"] == "charged", record.text
+    deadline = time.monotonic() + 5
+    while not [x for x in stack.nginx.access_lines() if x.get("gateway_request_id") == ledger_id]:
+        assert time.monotonic() < deadline  # nginx's log names the ledger row too
+        time.sleep(0.05)
+
+
 def test_request_id_is_made_up_by_nginx_when_the_client_sends_none(stack: Stack) -> None:
     with httpx.Client(timeout=30) as client:
         r = client.post(
