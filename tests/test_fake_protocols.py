@@ -15,10 +15,9 @@ import openai
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import anthropic
 from fake_protocols.media import audio_duration, wav_bytes
 from fake_provider import FakeProvider
-
-import anthropic  # noqa: E402  (pinned in requirements-dev.txt)
 
 MSGS = [{"role": "system", "content": "be brief"},
         {"role": "user", "content": [{"type": "text", "text": "hello there world"}]}]
@@ -89,7 +88,7 @@ def test_chat_spaced_usage_chunk_raw(fp):
     lines = [x for x in raw.decode().split("\n\n") if x]
     assert lines[-1] == "data: [DONE]"
     usage_line = lines[-2]
-    assert '"usage": {"prompt_tokens": %d, "completion_tokens": 2' % PROMPT_TOKENS in usage_line
+    assert f'"usage": {{"prompt_tokens": {PROMPT_TOKENS}, "completion_tokens": 2' in usage_line
     assert '"choices": []' in usage_line
     # the compact default has no spaces
     _, raw = raw_post(fp, "/v1/chat/completions", {
@@ -193,7 +192,7 @@ def test_responses_tools(client):
                                           tools=RTOOLS, stream=True))
     deltas = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
     assert len(deltas) == 2
-    done = [e for e in events if e.type == "response.function_call_arguments.done"][0]
+    done = next(e for e in events if e.type == "response.function_call_arguments.done")
     assert json.loads(done.arguments) == {"text": "tok0 tok1 "} == json.loads("".join(deltas))
     assert events[-1].type == "response.completed"
 
@@ -296,7 +295,7 @@ def test_anthropic_errors_and_count_tokens(aclient, fp):
                                (500, anthropic.InternalServerError, "api_error"),
                                (529, anthropic.APIStatusError, "overloaded_error")]:
         with pytest.raises(exc) as ei:
-            aclient.messages.create(model="fake+fail-%d" % status, max_tokens=5,
+            aclient.messages.create(model=f"fake+fail-{status}", max_tokens=5,
                                     messages=[{"role": "user", "content": "x"}])
         assert ei.value.status_code == status
         assert ei.value.body["type"] == "error"

@@ -74,11 +74,11 @@ def register(app, ctx):
     def aerr(status, d=None, message=None):
         t = error_type(status)
         num = ctx.next_id()
-        headers = {"request-id": "req_fake%x" % num}
+        headers = {"request-id": f"req_fake{num:x}"}
         if d is not None and d.get("retryafter") is not None:
             headers["retry-after"] = str(d["retryafter"])
         body = {"type": "error", "error": {"type": t, "message": message or _MSG[t]},
-                "request_id": "req_fake%x" % num}
+                "request_id": f"req_fake{num:x}"}
         return web.Response(status=status, body=ctx.dumps_for(d)(body),
                             content_type="application/json", headers=headers)
 
@@ -122,15 +122,14 @@ def register(app, ctx):
             return r
         input_tokens = count_input_tokens(body.get("system"), body["messages"], ctx.count_words)
         if d["ctx"] is not None and input_tokens > d["ctx"]:
-            return aerr(400, d, message="prompt is too long: %d tokens > %d maximum"
-                        % (input_tokens, d["ctx"]))
+            return aerr(400, d, message=f"prompt is too long: {input_tokens} tokens > {d['ctx']} maximum")
         if not stream and d["drop"] is not None:
             abort_now(request)
         n_tok = d["chunks"]
         g = cap_tokens(n_tok, max_tokens)
         tool_name = _tool_name(body.get("tools"), body.get("tool_choice"))
         num = ctx.next_id()
-        mid = "msg_fake%016x" % num
+        mid = f"msg_fake{num:016x}"
         dumps = ctx.dumps_for(d)
         cw = max(d["cachewrite"] or 0, 0)
         cr = max(d["cacheread"] or 0, 0)
@@ -148,13 +147,13 @@ def register(app, ctx):
                 frags, args = ctx.pieces(g, True)
             else:
                 frags, args = ("{}",), "{}"
-            block = {"type": "tool_use", "id": "toolu_fake%x" % num, "name": tool_name,
+            block = {"type": "tool_use", "id": f"toolu_fake{num:x}", "name": tool_name,
                      "input": ctx.loads(args)}
         else:
             stop = "max_tokens" if g < n_tok else "end_turn"
             frags, text = ctx.pieces(g, False)
             block = {"type": "text", "text": text}
-        headers = {"request-id": "req_fake%x" % num}
+        headers = {"request-id": f"req_fake{num:x}"}
         msg = {"id": mid, "type": "message", "role": "assistant", "model": model,
                "content": [block], "stop_reason": stop, "stop_sequence": None}
         if not d["nousage"]:

@@ -49,8 +49,8 @@ def register(app, ctx):
         prompt_tokens = sum(counts)
         if d["ctx"] is not None and max(counts) > d["ctx"]:
             return ctx.err(400, d, code="context_length_exceeded", param="prompt", message=(
-                "This model's maximum context length is %d tokens, however you requested "
-                "%d tokens. Please reduce your prompt." % (d["ctx"], max(counts))))
+                f"This model's maximum context length is {d['ctx']} tokens, however you requested "
+                f"{max(counts)} tokens. Please reduce your prompt."))
         if not stream and d["drop"] is not None:
             abort_now(request)
         n = body.get("n") or 1
@@ -67,7 +67,7 @@ def register(app, ctx):
             "total_tokens": prompt_tokens + completion_tokens}
         dumps = ctx.dumps_for(d)
         num = ctx.next_id()
-        base = {"id": "cmpl-fake%016x" % num, "object": "text_completion",
+        base = {"id": f"cmpl-fake{num:016x}", "object": "text_completion",
                 "created": int(time.time()), "model": model,
                 "system_fingerprint": ctx.system_fingerprint, "choices": None}
         if not stream:

@@ -76,9 +76,8 @@ def speech_bytes(text: str, fmt: str) -> bytes:
 
 
 def _fmt_ts(t: float, sep: str) -> str:
-    ms = int(round(t * 1000))
-    return "%02d:%02d:%02d%s%03d" % (ms // 3600000, ms // 60000 % 60, ms // 1000 % 60, sep,
-                                     ms % 1000)
+    ms = round(t * 1000)
+    return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d}{sep}{ms % 1000:03d}"
 
 
 def register(app, ctx):
@@ -109,12 +108,12 @@ def register(app, ctx):
             abort_now(request)
         data = []
         for i in range(n):
-            seed = ("%s\x00%d" % (prompt, i)).encode()
+            seed = f"{prompt}\x00{i}".encode()
             if rf == "b64_json":
                 data.append({"b64_json": base64.b64encode(png_bytes(seed)).decode(),
                              "revised_prompt": prompt})
             else:
-                data.append({"url": "http://%s/_files/img/%s.png" % (request.host, seed.hex()),
+                data.append({"url": f"http://{request.host}/_files/img/{seed.hex()}.png",
                              "revised_prompt": prompt})
         obj = {"created": int(time.time()), "data": data}
         if not d["nousage"]:
@@ -170,9 +169,9 @@ def register(app, ctx):
             return web.Response(text=text + "\n", content_type="text/plain")
         if fmt in ("srt", "vtt"):
             if fmt == "srt":
-                out = "1\n%s --> %s\n%s\n\n" % (_fmt_ts(0, ","), _fmt_ts(dur, ","), text)
+                out = "1\n{} --> {}\n{}\n\n".format(_fmt_ts(0, ","), _fmt_ts(dur, ","), text)
             else:
-                out = "WEBVTT\n\n%s --> %s\n%s\n\n" % (_fmt_ts(0, "."), _fmt_ts(dur, "."), text)
+                out = "WEBVTT\n\n{} --> {}\n{}\n\n".format(_fmt_ts(0, "."), _fmt_ts(dur, "."), text)
             return web.Response(text=out, content_type="text/plain")
         if fmt == "verbose_json":
             words = text.split()

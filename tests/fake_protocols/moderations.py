@@ -51,7 +51,7 @@ def register(app, ctx):
         if d["drop"] is not None:
             from .common import abort_now
             abort_now(request)
-        obj = {"id": "modr-fake%016x" % ctx.next_id(), "model": model,
+        obj = {"id": f"modr-fake{ctx.next_id():016x}", "model": model,
                "results": [moderation_result(t, ty) for t, ty in items]}
         return web.Response(body=ctx.dumps_for(d)(obj), content_type="application/json")
 

@@ -93,7 +93,7 @@ def register(app, ctx):
             "total_tokens": input_tokens + output_tokens}
         dumps = ctx.dumps_for(d)
         num = ctx.next_id()
-        rid = "resp_fake%016x" % num
+        rid = f"resp_fake{num:016x}"
         status = "incomplete" if incomplete else "completed"
         tools = body.get("tools") if isinstance(body.get("tools"), list) else []
         tc = body.get("tool_choice", "auto")
@@ -118,14 +118,14 @@ def register(app, ctx):
                 "usage": usage_, "user": None, "metadata": body.get("metadata") or {}}
 
         created = int(time.time())
-        rs_item = {"id": "rs_fake%x" % num, "type": "reasoning", "summary": []}
+        rs_item = {"id": f"rs_fake{num:x}", "type": "reasoning", "summary": []}
         if tool_name is not None:
-            main_item = {"id": "fc_fake%x" % num, "type": "function_call",
+            main_item = {"id": f"fc_fake{num:x}", "type": "function_call",
                          "status": "completed", "arguments": args,
-                         "call_id": "call_fake%x" % num, "name": tool_name}
+                         "call_id": f"call_fake{num:x}", "name": tool_name}
         else:
             part = {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
-            main_item = {"id": "msg_fake%x" % num, "type": "message",
+            main_item = {"id": f"msg_fake{num:x}", "type": "message",
                          "status": "incomplete" if incomplete else "completed",
                          "content": [part], "role": "assistant"}
         output = ([rs_item] if reasoning else []) + [main_item]
@@ -133,9 +133,9 @@ def register(app, ctx):
         if not stream:
             return web.Response(body=dumps(response_obj(status, output, usage)),
                                 content_type="application/json",
-                                headers={"x-request-id": "req_fake%x" % num})
+                                headers={"x-request-id": f"req_fake{num:x}"})
 
-        s = await Streamer(request, d, web, {"x-request-id": "req_fake%x" % num}).prepare()
+        s = await Streamer(request, d, web, {"x-request-id": f"req_fake{num:x}"}).prepare()
         seqn = 0
 
         def ev(type_, **fields):
