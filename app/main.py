@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from app.accounts.alerts import BalanceAlerts, parse_thresholds
+from app.accounts.auto_topup import AutoTopups
 from app.accounts.payments import StripePayments
 from app.api import account, admin, billing, chat, embeddings, health, models, payments
 from app.auth.invalidation import InvalidationBus
@@ -164,7 +165,20 @@ def _lifespan(settings: Settings, metrics: Metrics):  # type: ignore[no-untyped-
                 )
                 await state.alerts.start()
                 stack.push_async_callback(state.alerts.stop)
-                billing_service.after_settle = state.alerts.balance_changed
+            watchers: list[Callable[[str], None]] = []
+            if state.alerts is not None:
+                watchers.append(state.alerts.balance_changed)
+            if state.payments is not None:
+                auto_topups = AutoTopups(
+                    store=store,
+                    client=state.payments.client,
+                    currency=settings.BILLING_CURRENCY,
+                    on_credit=state.alerts.balance_changed if state.alerts is not None else None,
+                )
+                stack.push_async_callback(auto_topups.stop)
+                watchers.append(auto_topups.balance_changed)
+            if watchers:
+                billing_service.after_settle = _fan_out(watchers)
             if settings.demo_account_wanted(store.kind):
                 await ensure_demo_account(store, settings)
             app.state.gateway = state
@@ -173,6 +187,18 @@ def _lifespan(settings: Settings, metrics: Metrics):  # type: ignore[no-untyped-
             yield
 
     return lifespan
+
+
+def _fan_out(watchers: list[Callable[[str], None]]) -> Callable[[str], None]:
+    """One after-settle hook telling every watcher (alerts, automatic top-ups); none may block."""
+    if len(watchers) == 1:
+        return watchers[0]
+
+    def tell(user_id: str) -> None:
+        for watch in watchers:
+            watch(user_id)
+
+    return tell
 
 
 async def _open_store(store: Store, *, retry_seconds: float = 2.0) -> asyncio.Task[None] | None:

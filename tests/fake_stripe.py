@@ -4,6 +4,13 @@ Speaks Stripe's HTTP protocol as the official library uses it: form-encoded requ
 bracketed nested keys (`metadata[user_id]=...`, `line_items[0][quantity]=1`), a bearer secret
 key, JSON objects back, and Stripe's error shape. Events are built from the objects it holds and
 signed with Stripe's scheme: `Stripe-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "t.body">`.
+
+Off-session PaymentIntents (`POST /v1/payment_intents` with `confirm=true`) charge the card a paid
+session saved on its customer. How a card answers is set per payment method with `set_card`:
+"ok" (succeeded), "decline" (402 card_error naming the failed intent, as Stripe answers) or
+"processing". `Idempotency-Key` replays the first answer, as Stripe does. With `send_webhooks_to`,
+each intent's `payment_intent.succeeded` / `payment_intent.payment_failed` event is also delivered,
+signed, to the gateway: before the API answers (`webhook_timing="before"`) or just after ("after").
 """
 
 from __future__ import annotations
@@ -72,6 +79,15 @@ class FakeStripe:
         self.requests: list[dict[str, Any]] = []
         self.sessions: dict[str, dict[str, Any]] = {}
         self.charges: dict[str, dict[str, Any]] = {}
+        self.intents: dict[str, dict[str, Any]] = {}
+        self.customers: dict[str, list[str]] = {}  # customer -> its saved payment methods
+        self.cards: dict[str, str] = {}  # payment method -> ok | decline | processing
+        self.events: list[dict[str, Any]] = []  # every payment_intent event, for redelivery
+        self.webhook_url: str | None = None
+        self.webhook_secret = ""
+        self.webhook_timing = "after"
+        self._idempotent: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._deliveries: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -102,6 +118,8 @@ class FakeStripe:
         app = web.Application()
         app.router.add_post("/v1/checkout/sessions", self._create_session)
         app.router.add_get("/v1/checkout/sessions/{id}", self._get_session)
+        app.router.add_post("/v1/payment_intents", self._create_intent)
+        app.router.add_get("/v1/payment_intents/{id}", self._get_intent)
         app.router.add_route("*", "/{path:.*}", self._unknown)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -151,6 +169,9 @@ class FakeStripe:
             "amount_total": total,
             "currency": currency,
             "client_reference_id": form.get("client_reference_id"),
+            "customer": form.get("customer"),
+            "customer_creation": form.get("customer_creation"),
+            "setup_future_usage": (form.get("payment_intent_data") or {}).get("setup_future_usage"),
             "metadata": form.get("metadata", {}),
             "payment_intent": None,
             "success_url": form["success_url"],
@@ -170,16 +191,141 @@ class FakeStripe:
             return self._error(404, "No such checkout.session")
         return web.json_response(session)
 
+    async def _create_intent(self, request: web.Request) -> web.Response:
+        text = await request.text()
+        form = decode_form(text)
+        self.requests.append(
+            {"method": "POST", "path": request.path, "headers": dict(request.headers), "form": form}
+        )
+        if not self._authorised(request):
+            return self._error(401, "Invalid API Key provided")
+        key = request.headers.get("Idempotency-Key")
+        if key and key in self._idempotent:
+            status, replay = self._idempotent[key]
+            return web.json_response(replay, status=status, headers={"Idempotent-Replayed": "true"})
+        customer, method = form.get("customer"), form.get("payment_method")
+        if method not in self.customers.get(customer or "", []):
+            return self._error(400, f"No such PaymentMethod: '{method}' on customer '{customer}'")
+        if form.get("confirm") != "true" or form.get("off_session") != "true":
+            return self._error(400, "This fake only confirms off-session payments.")
+        behaviour = self.cards.get(method, "ok")
+        pid = _id("pi")
+        intent: dict[str, Any] = {
+            "id": pid,
+            "object": "payment_intent",
+            "amount": int(form["amount"]),
+            "amount_received": 0,
+            "currency": form["currency"],
+            "customer": customer,
+            "payment_method": method,
+            "metadata": form.get("metadata", {}),
+            "last_payment_error": None,
+            "status": "processing",
+        }
+        status, answer = 200, intent
+        if behaviour == "ok":
+            intent.update(status="succeeded", amount_received=intent["amount"])
+            event = self.event("payment_intent.succeeded", intent)
+        elif behaviour == "decline":
+            error = {
+                "type": "card_error",
+                "code": "card_declined",
+                "decline_code": "insufficient_funds",
+                "message": "Your card has insufficient funds.",
+                "payment_method": {"id": method},
+            }
+            intent.update(status="requires_payment_method", last_payment_error=error, payment_method=None)
+            event = self.event("payment_intent.payment_failed", intent)
+            status, answer = 402, {"error": {**error, "payment_intent": intent}}
+        else:
+            event = None
+        self.intents[pid] = intent
+        answer = json.loads(json.dumps(answer))
+        if key:
+            self._idempotent[key] = (status, answer)
+        if event is not None:
+            self.events.append(event)
+            if self.webhook_url and self.webhook_timing == "before":
+                await self._send(event)
+            elif self.webhook_url:
+                task = asyncio.get_running_loop().create_task(self._send(event, delay=0.05))
+                self._deliveries.add(task)
+                task.add_done_callback(self._deliveries.discard)
+        return web.json_response(answer, status=status)
+
+    async def _send(self, event: dict[str, Any], *, delay: float = 0.0) -> None:
+        import aiohttp
+
+        await asyncio.sleep(delay)
+        payload = json.dumps(event).encode()
+        assert self.webhook_url is not None
+        async with aiohttp.ClientSession() as http:
+            headers = {
+                "Stripe-Signature": sign(payload, self.webhook_secret),
+                "Content-Type": "application/json",
+            }
+            async with http.post(self.webhook_url, data=payload, headers=headers) as r:
+                await r.read()
+
+    async def _get_intent(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return self._error(401, "Invalid API Key provided")
+        intent = self.intents.get(request.match_info["id"])
+        if intent is None:
+            return self._error(404, "No such payment_intent")
+        return web.json_response(intent)
+
+    def set_card(self, payment_method: str, behaviour: str) -> None:
+        """How the saved card answers from now on: ok, decline or processing."""
+        self.cards[payment_method] = behaviour
+
+    def deliveries_pending(self) -> int:
+        """Webhook deliveries scheduled after an answer and not finished yet."""
+        return len(self._deliveries)
+
+    def send_webhooks_to(self, url: str, secret: str) -> None:
+        self.webhook_url, self.webhook_secret = url, secret
+
+    def intent_requests(self, customer: str) -> list[dict[str, Any]]:
+        """The payment intents the gateway asked for on this customer (replays included)."""
+        return [
+            r
+            for r in self.requests
+            if r["path"] == "/v1/payment_intents" and r["form"].get("customer") == customer
+        ]
+
     async def _unknown(self, request: web.Request) -> web.Response:
         return self._error(404, f"Unrecognized request URL ({request.method}: {request.path}).")
 
     # -- what Stripe would send to the webhook -------------------------------------------------
 
-    def pay(self, session_id: str) -> dict[str, Any]:
-        """The customer pays: the session completes with a payment intent and a charge."""
+    def pay(self, session_id: str, card: str = "ok") -> dict[str, Any]:
+        """The customer pays: the session completes with a payment intent and a charge.
+
+        With `setup_future_usage` the card is saved on the session's customer (created now when
+        the session asked for `customer_creation=always`); `card` is how it answers later.
+        """
         session = self.sessions[session_id]
         intent, charge = _id("pi"), _id("ch")
         session.update(status="complete", payment_status="paid", payment_intent=intent)
+        method = _id("pm")
+        if session["setup_future_usage"] and (
+            session["customer"] or session["customer_creation"] == "always"
+        ):
+            session["customer"] = session["customer"] or _id("cus")
+            self.customers.setdefault(session["customer"], []).append(method)
+            self.cards[method] = card
+        self.intents[intent] = {
+            "id": intent,
+            "object": "payment_intent",
+            "amount": session["amount_total"],
+            "amount_received": session["amount_total"],
+            "currency": session["currency"],
+            "customer": session["customer"],
+            "payment_method": method,
+            "status": "succeeded",
+            "metadata": {"user_id": session["metadata"].get("user_id", "")},
+        }
         self.charges[charge] = {
             "id": charge,
             "object": "charge",

@@ -13,6 +13,7 @@ from typing import Any
 
 import stripe
 
+from app.accounts.auto_topup import record_intent
 from app.config import Settings
 from app.errors import GatewayError, InvalidRequest, StoreUnavailable, UpstreamError
 from app.store.base import Store, StoreError, UserNotFound
@@ -32,7 +33,7 @@ class WebhookOutcome:
 
     event_id: str
     type: str
-    action: str  # credited, duplicate, reversed, ignored
+    action: str  # credited, duplicate, reversed, counted (a failed auto top-up), ignored
     user_id: str | None = None
 
 
@@ -106,6 +107,11 @@ class StripePayments:
     def webhook_enabled(self) -> bool:
         return bool(self._webhook_secret)
 
+    @property
+    def client(self) -> stripe.StripeClient:
+        """The Stripe client (async methods only), shared with automatic top-ups."""
+        return self._client
+
     async def checkout(self, *, user_id: str, amount: Decimal) -> tuple[str, str]:
         """A Checkout session that tops up `amount`; returns (url, session_id)."""
         params: dict[str, Any] = {
@@ -127,6 +133,16 @@ class StripePayments:
             "success_url": self._success_url,
             "cancel_url": self._cancel_url,
         }
+        # The card is saved on a Stripe customer (off-session payments need one): the user's own
+        # once known, else a new one that the paid session's webhook remembers.
+        try:
+            saved = await self._store.saved_card(user_id)
+        except StoreError as exc:
+            raise StoreUnavailable("Billing is unavailable; try again.") from exc
+        if saved is not None:
+            params["customer"] = saved.customer
+        else:
+            params["customer_creation"] = "always"
         try:
             session = await self._client.v1.checkout.sessions.create_async(params)  # type: ignore[arg-type]
         except stripe.StripeError as exc:
@@ -164,6 +180,8 @@ class StripePayments:
                 return await self._reverse(event, obj.get("payment_intent"), obj.get("amount_refunded"), True)
             if event.type == "charge.dispute.created":
                 return await self._reverse(event, obj.get("payment_intent"), obj.get("amount"), False)
+            if event.type in ("payment_intent.succeeded", "payment_intent.payment_failed"):
+                return await self._intent(event, obj)
         except StoreError as exc:
             # A non-2xx answer makes Stripe deliver the event again later.
             raise StoreUnavailable("Billing is unavailable; the event was not applied.") from exc
@@ -197,7 +215,39 @@ class StripePayments:
         except UserNotFound:
             log.error("paid checkout session for an unknown user", extra={"session": session.get("id")})
             return WebhookOutcome(event.id, event.type, "ignored")
+        # On redeliveries too: if saving failed once, Stripe's next delivery saves it.
+        await self._save_card(user_id, _text(session.get("customer")), _text(session.get("payment_intent")))
         return WebhookOutcome(event.id, event.type, "credited" if applied else "duplicate", user_id)
+
+    async def _save_card(self, user_id: str, customer: str | None, payment_intent: str | None) -> None:
+        """Remember the session's customer and card for automatic top-ups."""
+        if customer is None or payment_intent is None:
+            return
+        try:
+            intent = await self._client.v1.payment_intents.retrieve_async(payment_intent)
+        except stripe.StripeError as exc:
+            log.warning("could not read a paid session's payment", extra={"stripe_status": exc.http_status})
+            # A non-2xx answer: Stripe delivers the event again (its credit is then a duplicate).
+            raise UpstreamError(
+                "The payment provider could not be reached; the card was not saved."
+            ) from None
+        method = intent.payment_method
+        method_id = method if isinstance(method, str) else getattr(method, "id", None)
+        if method_id:
+            await self._store.save_payment_method(
+                user_id=user_id, customer=customer, payment_method=method_id
+            )
+
+    async def _intent(self, event: stripe.Event, intent: dict[str, Any]) -> WebhookOutcome:
+        result = await record_intent(
+            self._store, intent, event_id=event.id, event_type=event.type, currency=self.currency
+        )
+        if result is None:
+            return WebhookOutcome(event.id, event.type, "ignored")
+        action = {"credited": "credited", "counted": "counted", "duplicate": "duplicate"}.get(
+            result.status, "ignored"
+        )
+        return WebhookOutcome(event.id, event.type, action, result.user_id)
 
     async def _reverse(
         self, event: stripe.Event, payment_intent: object, amount: object, cumulative: bool

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query
 
+from app.accounts.auto_topup import rule_json
 from app.api.deps import CurrentUser, State
 from app.api.money_json import MoneyJSONResponse
 from app.errors import NotFound, StoreUnavailable
@@ -18,6 +19,7 @@ async def balance(principal: CurrentUser, state: State) -> MoneyJSONResponse:
     """Current balance (money held for calls in flight is included until they settle)."""
     try:
         user = await state.store.get_user(principal.user_id)
+        rule = await state.store.get_auto_topup(principal.user_id)
     except StoreError as exc:
         raise StoreUnavailable("Billing is unavailable; try again.") from exc
     return MoneyJSONResponse(
@@ -27,7 +29,7 @@ async def balance(principal: CurrentUser, state: State) -> MoneyJSONResponse:
             "available": user.available if user else 0,
             "currency": state.settings.BILLING_CURRENCY,
             "debt": user.debt if user else 0,
-            "auto_topup": None,  # automatic top-ups are not built yet
+            "auto_topup": rule_json(rule),
         }
     )
 

@@ -8,6 +8,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal, Protocol
 
 from app.errors import StoreFailure
+from app.store.topups import AutoTopup, SavedCard, TopupClaim, TopupResult
 
 MONEY_PLACES = Decimal("0.00000001")
 # Token counts in billing_reserve are Postgres integers. Asking for more tokens than that is the
@@ -280,6 +281,47 @@ class Store(Protocol):
 
         Returns (threshold, balance) pairs; thresholds the balance is at or above are re-armed.
         """
+        ...
+
+    async def save_payment_method(self, *, user_id: str, customer: str, payment_method: str) -> None:
+        """Remember the card a paid Checkout saved (the newest replaces the last)."""
+        ...
+
+    async def saved_card(self, user_id: str) -> SavedCard | None: ...
+
+    async def set_auto_topup(self, *, user_id: str, threshold: Decimal, amount: Decimal) -> bool:
+        """Set or re-enable the rule (failures back to 0); False when no card is saved."""
+        ...
+
+    async def delete_auto_topup(self, user_id: str) -> bool: ...
+
+    async def get_auto_topup(self, user_id: str) -> AutoTopup | None: ...
+
+    async def auto_topup_claim(self, *, user_id: str, attempt: str, stale_seconds: int) -> TopupClaim | None:
+        """The payment to start now, if the balance is below the threshold and none is in flight.
+
+        Atomic: of any number of concurrent callers, one gets it. An attempt in flight for longer
+        than `stale_seconds` is handed out again under its own id (Stripe then dedupes it).
+        """
+        ...
+
+    async def auto_topup_succeeded(
+        self, *, attempt: str, payment_intent: str, amount: Decimal, event_id: str | None, event_type: str
+    ) -> TopupResult:
+        """Credit a succeeded payment once per payment intent (and per event id when given)."""
+        ...
+
+    async def auto_topup_failed(
+        self,
+        *,
+        attempt: str,
+        payment_intent: str | None,
+        error: str,
+        event_id: str | None,
+        event_type: str,
+        max_failures: int,
+    ) -> TopupResult:
+        """Count a failed attempt once; `max_failures` in a row switch the rule off."""
         ...
 
     async def audit(self) -> list[AuditRow]:

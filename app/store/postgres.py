@@ -32,6 +32,7 @@ from app.store.base import (
     user_from_row,
 )
 from app.store.migrations import apply_migrations
+from app.store.topups_postgres import PostgresTopups
 
 T = TypeVar("T")
 
@@ -69,7 +70,7 @@ def _key(row: asyncpg.Record) -> ApiKey:
     )
 
 
-class PostgresStore:
+class PostgresStore(PostgresTopups):
     """Direct Postgres via an asyncpg pool; works through Supabase's pooler."""
 
     kind = "postgres"

@@ -42,6 +42,7 @@ from app.store.base import (
     token_count,
     user_from_row,
 )
+from app.store.topups_sqlite import SqliteTopups
 
 T = TypeVar("T")
 
@@ -102,7 +103,7 @@ def _sqlite_key(row: sqlite3.Row, now: datetime) -> ApiKey:
     return key_from_row(data, revoked=data["revoked_at"] is not None, models=models)
 
 
-class SqliteStore:
+class SqliteStore(SqliteTopups):
     """SQLite file in DATA_DIR; the default when no database is configured."""
 
     kind = "sqlite"

@@ -52,3 +52,18 @@ create table if not exists balance_alerts (
     user_id text not null references users (id), threshold text not null,
     alerted_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     primary key (user_id, threshold));
+create table if not exists payment_methods (
+    user_id text primary key references users (id), customer text not null,
+    payment_method text not null,
+    updated_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')));
+create table if not exists auto_topups (
+    user_id text primary key references users (id), threshold text not null, amount text not null,
+    enabled integer not null default 1, failures integer not null default 0, last_error text,
+    attempt text, attempt_at real,
+    updated_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')));
+create table if not exists auto_topup_attempts (
+    id text primary key, user_id text not null references users (id), amount text not null,
+    customer text not null, payment_method text not null,
+    status text not null default 'pending' check (status in ('pending', 'succeeded', 'failed')),
+    payment_intent text unique, error text,
+    created_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), finished_at text);

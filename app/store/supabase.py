@@ -32,6 +32,7 @@ from app.store.base import (
     token_count,
     user_from_row,
 )
+from app.store.topups_supabase import SupabaseTopups
 
 # supabase-py decodes responses with json.loads, which turns a numeric into a float. Casting
 # money columns to text in the select list makes PostgREST send every digit as a string.
@@ -67,7 +68,7 @@ def _one(data: object) -> dict[str, Any]:
     return rows[0]
 
 
-class SupabaseStore:
+class SupabaseStore(SupabaseTopups):
     """Supabase through PostgREST with the service-role key; no direct database connection."""
 
     kind = "supabase"
