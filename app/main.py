@@ -8,6 +8,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from decimal import Decimal
 from pathlib import Path
 
 import aiohttp
@@ -165,9 +166,9 @@ def _lifespan(settings: Settings, metrics: Metrics):  # type: ignore[no-untyped-
                 )
                 await state.alerts.start()
                 stack.push_async_callback(state.alerts.stop)
-            watchers: list[Callable[[str], None]] = []
+            watchers: list[Callable[[str, Decimal], None]] = []
             if state.alerts is not None:
-                watchers.append(state.alerts.balance_changed)
+                watchers.append(state.alerts.charged)
             if state.payments is not None:
                 auto_topups = AutoTopups(
                     store=store,
@@ -176,7 +177,8 @@ def _lifespan(settings: Settings, metrics: Metrics):  # type: ignore[no-untyped-
                     on_credit=state.alerts.balance_changed if state.alerts is not None else None,
                 )
                 stack.push_async_callback(auto_topups.stop)
-                watchers.append(auto_topups.balance_changed)
+                state.auto_topups = auto_topups
+                watchers.append(auto_topups.charged)
             if watchers:
                 billing_service.after_settle = _fan_out(watchers)
             if settings.demo_account_wanted(store.kind):
@@ -189,14 +191,14 @@ def _lifespan(settings: Settings, metrics: Metrics):  # type: ignore[no-untyped-
     return lifespan
 
 
-def _fan_out(watchers: list[Callable[[str], None]]) -> Callable[[str], None]:
+def _fan_out(watchers: list[Callable[[str, Decimal], None]]) -> Callable[[str, Decimal], None]:
     """One after-settle hook telling every watcher (alerts, automatic top-ups); none may block."""
     if len(watchers) == 1:
         return watchers[0]
 
-    def tell(user_id: str) -> None:
+    def tell(user_id: str, balance: Decimal) -> None:
         for watch in watchers:
-            watch(user_id)
+            watch(user_id, balance)
 
     return tell
 

@@ -18,6 +18,7 @@ from app.store.base import Store
 
 if TYPE_CHECKING:
     from app.accounts.alerts import BalanceAlerts
+    from app.accounts.auto_topup import AutoTopups
     from app.accounts.payments import StripePayments
     from app.ratelimit import RateLimiter
 
@@ -36,5 +37,6 @@ class AppState:
     ratelimiter: RateLimiter | None = None
     payments: StripePayments | None = None  # None while Stripe is not configured
     alerts: BalanceAlerts | None = None  # None without ALERT_WEBHOOK_URL and thresholds
+    auto_topups: AutoTopups | None = None  # None without Stripe
     started_at: float = field(default_factory=time.time)
     health_history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=100))

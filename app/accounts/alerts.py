@@ -71,6 +71,7 @@ class BalanceAlerts:
         self._url = url
         self._secret = secret
         self._thresholds = thresholds
+        self._highest = max(thresholds)
         self._attempts = attempts
         self._backoff = backoff_seconds
         self._http: httpx.AsyncClient | None = None
@@ -89,6 +90,11 @@ class BalanceAlerts:
         if self._http is not None:
             await self._http.aclose()
             self._http = None
+
+    def charged(self, user_id: str, balance: Decimal) -> None:
+        """After a charge: only a balance below a threshold can have crossed one downward."""
+        if balance < self._highest:
+            self.balance_changed(user_id)
 
     def balance_changed(self, user_id: str) -> None:
         """Check the user's balance against the thresholds, in the background."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
@@ -126,6 +127,10 @@ async def record_intent(
     return None  # processing: the webhook will say how it ends
 
 
+RULE_CACHE_SECONDS = 30.0
+RULE_CACHE_SIZE = 100_000
+
+
 class AutoTopups:
     """Starts the off-session payments, in background tasks, after settles."""
 
@@ -146,6 +151,9 @@ class AutoTopups:
         self._tasks: set[asyncio.Task[None]] = set()
         # Per user: a check is running (True: another settle came meanwhile, check again after it).
         self._running: dict[str, bool] = {}
+        # Per user: when the rule was read and its threshold (None: no rule, or switched off), so
+        # a charge that leaves the balance above it costs no store query at all.
+        self._rules: dict[str, tuple[float, Decimal | None]] = {}
 
     async def stop(self) -> None:
         # An attempt cut off here stays in flight and is asked again (same key) once stale.
@@ -154,6 +162,21 @@ class AutoTopups:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    def charged(self, user_id: str, balance: Decimal) -> None:
+        """After a charge: check only if the balance may be below the user's threshold.
+
+        A rule set or changed in another process is seen within RULE_CACHE_SECONDS.
+        """
+        known = self._rules.get(user_id)
+        if known is not None and time.monotonic() - known[0] < RULE_CACHE_SECONDS:
+            if known[1] is None or balance >= known[1]:
+                return
+        self.balance_changed(user_id)
+
+    def forget(self, user_id: str) -> None:
+        """The user's rule changed here: read it again on the next charge."""
+        self._rules.pop(user_id, None)
 
     def balance_changed(self, user_id: str) -> None:
         """Check the user's rule against the balance, in the background; never blocks."""
@@ -169,8 +192,17 @@ class AutoTopups:
         try:
             while True:
                 try:
-                    claim = await self._store.auto_topup_claim(
-                        user_id=user_id, attempt=f"atu_{uuid.uuid4().hex}", stale_seconds=self._stale
+                    rule = await self._store.get_auto_topup(user_id)
+                    if len(self._rules) >= RULE_CACHE_SIZE:
+                        self._rules.clear()
+                    threshold = rule.threshold if rule is not None and rule.enabled else None
+                    self._rules[user_id] = (time.monotonic(), threshold)
+                    claim = (
+                        None
+                        if threshold is None
+                        else await self._store.auto_topup_claim(
+                            user_id=user_id, attempt=f"atu_{uuid.uuid4().hex}", stale_seconds=self._stale
+                        )
                     )
                     if claim is not None:
                         await self._charge(user_id, claim)

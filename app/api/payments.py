@@ -64,6 +64,8 @@ async def set_auto_topup(principal: CurrentUser, state: State, body: JsonBody) -
         rule = await state.store.get_auto_topup(principal.user_id)
     except StoreError as exc:
         raise StoreUnavailable("Billing is unavailable; try again.") from exc
+    if state.auto_topups is not None:
+        state.auto_topups.forget(principal.user_id)
     return MoneyJSONResponse({"user_id": principal.user_id, "auto_topup": rule_json(rule)})
 
 
@@ -77,4 +79,6 @@ async def delete_auto_topup(principal: CurrentUser, state: State) -> MoneyJSONRe
         deleted = await state.store.delete_auto_topup(principal.user_id)
     except StoreError as exc:
         raise StoreUnavailable("Billing is unavailable; try again.") from exc
+    if state.auto_topups is not None:
+        state.auto_topups.forget(principal.user_id)
     return MoneyJSONResponse({"user_id": principal.user_id, "auto_topup": None, "deleted": deleted})

@@ -73,7 +73,8 @@ class BillingService:
         self._tasks: set[asyncio.Task[object]] = set()
         self._loops: list[asyncio.Task[None]] = []
         # Told the user id after every charge (low-balance alerts); must not block.
-        self.after_settle: Callable[[str], None] | None = None
+        # Told (user, new balance) after every charge; must not block (watchers start tasks).
+        self.after_settle: Callable[[str, Decimal], None] | None = None
 
     async def start(self) -> None:
         """Start the sweeper of expired holds and the journal replayer."""
@@ -223,7 +224,7 @@ class BillingService:
         if settled.status != "charged":
             return Charge(settled.charged)
         if self.after_settle is not None:
-            self.after_settle(hold.user_id)
+            self.after_settle(hold.user_id, settled.balance)
         if settled.charged < cost:
             self._metrics.billing(operation="settle", outcome="uncollected")
             log.error(
