@@ -38,7 +38,15 @@
     fill($("signin-msg"), message ? h("div", { class: "notice error" }, message) : null);
   }
 
+  // The four figures at the top, each filled in by whichever call brings it.
+  const SLOTS = [["users", "Users"], ["balances", "Balances"], ["debt", "Debt"], ["spend", "Spent, 30 days"]];
+  function put(slot, card) {
+    card.id = "slot-" + slot;
+    $("slot-" + slot).replaceWith(card);
+  }
+
   function start() {
+    fill($("stats"), SLOTS.map(([slot, label]) => h("div", { class: "card stat", id: "slot-" + slot }, h("div", { class: "label" }, label), h("div", { class: "loading" }, "Loading…"))));
     $("signin").hidden = true;
     $("app").hidden = false;
     $("signout").hidden = $("refresh").hidden = false;
@@ -54,15 +62,14 @@
   async function loadUsers() {
     const box = $("users");
     loading(box, "Loading users…");
-    fill($("stats"), stat("Users", null), stat("Balances", null), stat("Debt", null), h("div", { class: "card stat", id: "stat-spend" }, h("div", { class: "label" }, "Spent, 30 days"), h("div", { class: "loading" }, "Loading…")));
     try {
       const { users } = await call("/admin/users?limit=1000");
       const total = addMoney(users.map((u) => u.balance));
       const debt = addMoney(users.map((u) => u.debt));
       const owing = users.filter((u) => !isZero(u.debt)).length;
-      $("stats").replaceChild(stat("Users", int(users.length), users.length === 1000 ? "first 1,000 shown" : null), $("stats").children[0]);
-      $("stats").replaceChild(stat("Balances", cash(total), "sum of every prepaid balance"), $("stats").children[1]);
-      $("stats").replaceChild(stat("Debt", cash(debt), owing ? `${owing} user${owing === 1 ? "" : "s"} owing` : "nobody owes", isZero(debt) ? "zero" : "debt"), $("stats").children[2]);
+      put("users", stat("Users", int(users.length), users.length === 1000 ? "first 1,000 shown" : null));
+      put("balances", stat("Balances", cash(total), "sum of every prepaid balance"));
+      put("debt", stat("Debt", cash(debt), owing ? `${owing} user${owing === 1 ? "" : "s"} owing` : "nobody owes", isZero(debt) ? "zero" : "debt"));
       if (!users.length) {
         fill(box, h("div", { class: "empty" }, "No users yet: create one with",
           h("pre", {}, `curl -X POST ${location.origin}/admin/users \\\n  -H "Authorization: Bearer $ADMIN_API_KEY" -H "Content-Type: application/json" \\\n  -d '{"user_id": "alice", "balance": "10"}'`)));
@@ -101,13 +108,13 @@
     const [byDay, byModel] = await Promise.allSettled([
       call(`/admin/usage?group_by=day&start=${start}`), call(`/admin/usage?group_by=model&start=${start}`),
     ]);
-    const spend = $("stat-spend");
     if (byDay.status === "rejected") {
       errorBox($("chart-day"), byDay.reason);
+      put("spend", stat("Spent, 30 days", null));
     } else {
       const rows = byDay.value.rows;
       const calls = rows.reduce((a, r) => a + r.requests, 0);
-      if (spend) spend.replaceWith(stat("Spent, 30 days", cash(addMoney(rows.map((r) => r.cost))), `${int(calls)} call${calls === 1 ? "" : "s"}`));
+      put("spend", stat("Spent, 30 days", cash(addMoney(rows.map((r) => r.cost))), `${int(calls)} call${calls === 1 ? "" : "s"}`));
       if (!rows.length) {
         fill($("chart-day"), h("div", { class: "empty" }, "No calls in the last 30 days."));
       } else {

@@ -14,7 +14,8 @@ const Charts = (() => {
 
   // points: [{label: "2026-12-01", value: "0.0123"}], one per day, oldest first.
   function columns(container, points, { currency = "", unit = "" } = {}) {
-    const W = 640, H = 200, left = 8, right = 8, top = 16, bottom = 26;
+    // Drawn at the container's own width, so labels keep their size on a phone.
+    const W = Math.max(280, Math.round(container.clientWidth || 640)), H = 200, left = 8, right = 8, top = 16, bottom = 26;
     const max = Math.max(0, ...points.map((p) => Number(p.value)));
     const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "Spend per day", class: "columns" });
     const innerW = W - left - right, innerH = H - top - bottom;
@@ -28,9 +29,11 @@ const Charts = (() => {
       const bar = svg("rect", { class: "bar", x: x.toFixed(1), y: (top + innerH - hgt).toFixed(1), width: barW.toFixed(1), height: hgt.toFixed(1), rx: 2 });
       bar.append(svg("title", {}, `${p.label}: ${Gw.money(p.value)} ${currency}${p.requests !== undefined ? ` · ${p.requests} calls` : ""}`));
       root.append(bar);
-      const every = Math.ceil(points.length / 6);
+      const every = Math.ceil(points.length / Math.max(3, Math.floor(W / 100)));
       if (i % every === 0 || i === points.length - 1) {
-        root.append(svg("text", { x: (x + barW / 2).toFixed(1), y: H - 8, "text-anchor": "middle" }, p.label.slice(5)));
+        const anchor = i === 0 ? "start" : i === points.length - 1 ? "end" : "middle";
+        const at = i === 0 ? x : i === points.length - 1 ? x + barW : x + barW / 2;
+        root.append(svg("text", { x: at.toFixed(1), y: H - 8, "text-anchor": anchor }, p.label.slice(5)));
       }
     });
     const peak = points.reduce((a, p) => (Number(p.value) > Number(a.value) ? p : a), points[0] || { value: "0", label: "" });

@@ -29,7 +29,7 @@ PRICES = {"input_cost_per_token": "0.00001", "output_cost_per_token": "0.00003"}
 
 def display(amount: str) -> str:
     """Money as the page shows it: the API's exact digits, at least 2 decimals, thousands grouped."""
-    sign = "−" if amount.startswith("-") else ""
+    sign = "\N{MINUS SIGN}" if amount.startswith("-") else ""
     whole, _, frac = amount.lstrip("-").partition(".")
     return f"{sign}{int(whole):,}.{frac.ljust(2, '0')}"
 
@@ -91,7 +91,8 @@ class Watch:
         self.errors: list[str] = []
 
     def check(self) -> None:
-        foreign = [u for u in self.urls if not u.startswith(self.gw.url + "/") and not u.startswith(("data:", "blob:"))]
+        local = (self.gw.url + "/", "data:", "blob:")
+        foreign = [u for u in self.urls if not u.startswith(local)]
         assert foreign == [], f"requests outside the gateway: {foreign}"
         assert self.errors == [], f"console errors: {self.errors}"
 
