@@ -47,7 +47,7 @@ def parse_completions(body: dict[str, Any], *, extra: Iterable[str] = ()) -> Cal
     p.check_params(options, _STREAM_OPTIONS)
     stream = bool(body.get("stream"))
     n = body.get("n") or 1
-    best_of = body.get("best_of") or 1
+    best_of = body.get("best_of") or n
     if best_of < n:
         raise InvalidRequest("'best_of' must be greater than or equal to 'n'.", param="best_of")
     choices = best_of * len(prompts)  # best_of completions are generated (and billed) per prompt
