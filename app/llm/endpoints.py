@@ -69,7 +69,11 @@ def images(response: Any, served: Served) -> Completion:
     count = len(data.get("data") or ())
     reported = data.get("usage")
     usage = Usage(images=count)
-    if isinstance(reported, dict) and isinstance(reported.get("input_tokens"), int):
+    if isinstance(reported, dict) and not (
+        _int(reported.get("input_tokens")) or _int(reported.get("output_tokens"))
+    ):
+        data.pop("usage")  # LiteLLM's zeros where the provider reported nothing
+    elif isinstance(reported, dict):
         usage = Usage(
             input_tokens=_int(reported.get("input_tokens")),
             output_tokens=_int(reported.get("output_tokens")),
