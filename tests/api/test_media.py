@@ -24,6 +24,7 @@ IMAGE_PRICE = Decimal("0.02")
 SECOND_PRICE = Decimal("0.0001")
 CHARACTER_PRICE = Decimal("0.000015")
 PLACES = Decimal("0.00000001")
+MAX_UPLOAD = 1024 * 1024
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -46,7 +47,10 @@ def gw(
             model_entry("whisper-broken", "fake+fail-503", base, input_cost_per_second=str(SECOND_PRICE)),
             model_entry("tts", "fake", base, input_cost_per_character=str(CHARACTER_PRICE)),
         ],
-        env={"DATABASE_URL": pg_database} if request.param == "postgres" else {},
+        env={
+            "MAX_REQUEST_SIZE": str(MAX_UPLOAD),
+            **({"DATABASE_URL": pg_database} if request.param == "postgres" else {}),
+        },
     )
     yield gateway
     stop_gateway(gateway)
@@ -196,6 +200,40 @@ def test_audio_longer_than_the_balance_covers_is_a_402(gw: Gateway) -> None:
     )
     assert_openai_error(r, 402, "insufficient_quota", "insufficient_balance")
     assert gw.balance(key) == Decimal("0.001")
+
+
+def test_audio_without_a_wav_header_is_held_at_the_lowest_bit_rate_and_charged_as_reported(
+    gw: Gateway,
+) -> None:
+    # 32,000 bytes of MP3 last at most 32 s (8 kbit/s); the provider hears 2 s.
+    clip = b"ID3\x04" + bytes(32_000 - 4)
+    _, poor = gw.new_user(Decimal("0.002"))  # 20 s: less than the bound
+    r = httpx.post(
+        gw.v1 + "/audio/transcriptions",
+        files={"file": ("clip.mp3", clip, "audio/mpeg")},
+        data={"model": "whisper"},
+        headers=bearer(poor),
+        timeout=60,
+    )
+    assert_openai_error(r, 402, "insufficient_quota", "insufficient_balance")
+    _, key = gw.new_user(1)
+    raw = gw.client(key).audio.transcriptions.with_raw_response.create(
+        model="whisper", file=("clip.mp3", clip, "audio/mpeg")
+    )
+    assert charges(gw, key)[raw.headers["x-gateway-request-id"]].amount == -2 * SECOND_PRICE
+
+
+def test_an_upload_over_the_size_limit_is_a_413_and_costs_nothing(gw: Gateway) -> None:
+    _, key = gw.new_user(1)
+    r = httpx.post(
+        gw.v1 + "/audio/transcriptions",
+        files={"file": ("big.wav", _wav(MAX_UPLOAD / 16000 + 5), "audio/wav")},
+        data={"model": "whisper"},
+        headers=bearer(key),
+        timeout=60,
+    )
+    assert_openai_error(r, 413, "invalid_request_error", "request_too_large")
+    assert gw.balance(key) == 1
 
 
 def test_a_failed_transcription_costs_nothing(gw: Gateway) -> None:
