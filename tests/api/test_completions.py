@@ -39,7 +39,9 @@ def gw(
             model_entry("cut", "fake+chunks-8+drop-3", base),
             model_entry("slow", "fake+chunks-200+chunkdelay-30", base),
             model_entry("broken", "fake+fail-500", base),
+            model_entry("flaky", "fake+fail-503", base),
         ],
+        router_settings={"num_retries": 0, "fallbacks": [{"flaky": ["text"]}]},
         env={"DATABASE_URL": pg_database} if request.param == "postgres" else {},
     )
     yield gateway
@@ -182,6 +184,15 @@ def test_a_stream_the_client_drops_is_charged_for_what_was_generated(gw: Gateway
     charged = -charges(gw, key)[rid].amount
     assert _cost(2, 3) <= charged < _cost(2, 200)
     assert gw.balance(key) == 1 - charged
+
+
+def test_a_completion_falls_back_through_the_router(gw: Gateway, fake_provider: FakeProvider) -> None:
+    _, key = gw.new_user(1)
+    marker = tag()
+    completion = gw.client(key).completions.create(model="flaky", prompt=f"{marker} hi", max_tokens=2)
+    assert completion.choices[0].text == "tok0 tok1 "
+    assert [b["model"] for b in _sent(fake_provider, marker)] == ["fake+fail-503", "fake+chunks-5"]
+    assert gw.balance(key) == 1 - _cost(2, 2)
 
 
 def test_a_failed_call_costs_nothing(gw: Gateway) -> None:

@@ -43,10 +43,12 @@ def gw(
             model_entry("gpt-image", "gpt-image-1+nousage", base, **image),
             model_entry("image-unpriced", "dall-e-2", base),
             model_entry("image-broken", "dall-e-2+fail-500", base, **image),
+            model_entry("image-flaky", "dall-e-2+fail-503", base, **image),
             model_entry("whisper", "fake+chunks-4", base, input_cost_per_second=str(SECOND_PRICE)),
             model_entry("whisper-broken", "fake+fail-503", base, input_cost_per_second=str(SECOND_PRICE)),
             model_entry("tts", "fake", base, input_cost_per_character=str(CHARACTER_PRICE)),
         ],
+        router_settings={"num_retries": 0, "fallbacks": [{"image-flaky": ["dalle"]}]},
         env={
             "MAX_REQUEST_SIZE": str(MAX_UPLOAD),
             **({"DATABASE_URL": pg_database} if request.param == "postgres" else {}),
@@ -86,6 +88,22 @@ def test_images_without_reported_usage_are_charged_per_image(gw: Gateway) -> Non
     assert base64.b64decode(images.data[0].b64_json or "").startswith(b"\x89PNG")
     expected = 3 * IMAGE_PRICE
     assert decimal_json(raw.http_response)["usage"] == {"cost": expected}
+    assert charges(gw, key)[raw.headers["x-gateway-request-id"]].amount == -expected
+
+
+def test_images_fall_back_through_the_router_and_are_charged_once(
+    gw: Gateway, fake_provider: FakeProvider
+) -> None:
+    _, key = gw.new_user(1)
+    marker = tag()
+    raw = gw.client(key).images.with_raw_response.generate(model="image-flaky", prompt=f"{marker} owl")
+    assert len(raw.parse().data) == 1
+    tried = [
+        r["model"] for r in fake_provider.requests() if marker in str((r.get("body") or {}).get("prompt"))
+    ]
+    # LiteLLM's OpenAI image client retries a 503 itself before the Router falls back.
+    assert tried[-1] == "dall-e-2+chunks-3" and set(tried[:-1]) == {"dall-e-2+fail-503"}
+    expected = (IMAGE_PRICE + 2 * INPUT_PRICE + 3 * OUTPUT_PRICE).quantize(PLACES)
     assert charges(gw, key)[raw.headers["x-gateway-request-id"]].amount == -expected
 
 
