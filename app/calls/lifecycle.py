@@ -132,15 +132,15 @@ class CallService:
     ) -> JsonResult:
         call.first_token = time.perf_counter()
         usage = result.usage
-        if usage is not None and usage.has_units:
-            pass  # billed by its units, whatever the tokens say
-        elif (usage is None or usage.prompt_tokens == 0) and req.units is not None:
-            usage = req.units  # per-unit endpoints: what was held is what the call used
-        elif usage is None or usage.prompt_tokens == 0:  # LiteLLM reports 0s for "no usage"
-            usage = Usage.tokens(
-                call.prompt_tokens, await count_text(call.model, result.text()), counted=True
-            )
-            self.recorder.metrics.usage_counted(endpoint=req.endpoint)
+        # LiteLLM reports 0s for "no usage"; a call billed by its units may have no tokens.
+        if usage is None or (usage.prompt_tokens == 0 and not usage.has_units):
+            if req.units is not None:
+                usage = req.units  # what was held is what the call used (characters, ...)
+            else:
+                completion = await count_text(call.model, result.text())
+                usage = Usage.tokens(call.prompt_tokens, completion, counted=True)
+            if usage.counted:  # speech's characters are exact, not a count by the gateway
+                self.recorder.metrics.usage_counted(endpoint=req.endpoint)
         call.prompt_tokens, call.completion_tokens = usage.prompt_tokens, usage.completion_tokens
         charge: Charge | None = None
         headers: dict[str, str] = {}
