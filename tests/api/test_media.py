@@ -58,6 +58,13 @@ def gw(
     stop_gateway(gateway)
 
 
+def _record(gw: Gateway, key: str, request_id: str) -> dict[str, Any]:
+    r = httpx.get(f"{gw.url}/billing/requests/{request_id}", headers=bearer(key), timeout=30)
+    assert r.status_code == 200, r.text
+    record: dict[str, Any] = decimal_json(r)
+    return record
+
+
 def _wav(seconds: float, rate: int = 8000) -> bytes:
     return wav_bytes(int(seconds * rate), rate)
 
@@ -78,6 +85,9 @@ def test_images_are_charged_per_image_plus_the_reported_tokens(gw: Gateway) -> N
     assert decimal_json(raw.http_response)["usage"]["cost"] == expected
     assert charges(gw, key)[raw.headers["x-gateway-request-id"]].amount == -expected
     assert gw.balance(key) == 1 - expected
+    record = _record(gw, key, raw.headers["x-gateway-request-id"])
+    assert record["status"] == "charged" and record["cost"] == expected
+    assert record["usage"] == {"input_tokens": 4, "output_tokens": 6, "images": 2}
 
 
 def test_images_without_reported_usage_are_charged_per_image(gw: Gateway) -> None:
@@ -317,6 +327,7 @@ def test_speech_is_audio_charged_per_input_character(gw: Gateway) -> None:
     assert Decimal(raw.headers["x-request-cost"]) == expected
     assert charges(gw, key)[raw.headers["x-gateway-request-id"]].amount == -expected
     assert gw.balance(key) == 1 - expected
+    assert _record(gw, key, raw.headers["x-gateway-request-id"])["usage"] == {"characters": len(text)}
 
 
 @pytest.mark.parametrize(
