@@ -22,6 +22,8 @@ from app.usage import Usage
 
 # Endpoints whose prompt is plain text (CallRequest.inputs), counted like embedding inputs.
 _TEXT_INPUT = frozenset({"completions", "images", "moderations", "rerank", "transcriptions"})
+# Endpoints served by LLMService.call (the Router's own entry point for each).
+_ROUTED = frozenset({"completions", "images", "transcriptions", "speech", "moderations", "rerank"})
 
 
 @dataclass(slots=True)
@@ -123,7 +125,7 @@ class CallService:
     async def _call(self, req: CallRequest) -> Completion | CompletionStream:
         if req.endpoint == "embeddings":
             return await self.llm.embed(req.params)
-        if req.endpoint != "chat":
+        if req.endpoint in _ROUTED:
             return await self.llm.call(req.endpoint, req.params, file=req.file)
         return await self.llm.chat(req.params)
 
