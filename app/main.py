@@ -23,7 +23,22 @@ from starlette.responses import Response
 from app.accounts.alerts import BalanceAlerts, parse_thresholds
 from app.accounts.auto_topup import AutoTopups
 from app.accounts.payments import StripePayments
-from app.api import account, admin, billing, chat, dashboard, embeddings, health, models, payments
+from app.api import (
+    account,
+    admin,
+    audio,
+    billing,
+    chat,
+    dashboard,
+    completions,
+    embeddings,
+    health,
+    images,
+    models,
+    moderations,
+    payments,
+    rerank,
+)
 from app.auth.invalidation import InvalidationBus
 from app.auth.jwt import JwtVerifier
 from app.auth.service import Authenticator
@@ -325,6 +340,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(account.router)
     app.include_router(payments.router)
     app.include_router(dashboard.router)
+    for module in (completions, images, audio, moderations, rerank):
+        app.include_router(module.router)
     _install_error_handlers(app)
     if settings.ALLOWED_HOSTS and settings.ALLOWED_HOSTS != ["*"]:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.ALLOWED_HOSTS)

@@ -47,6 +47,11 @@ class Usage:
     def completion_tokens(self) -> int:
         return self.output_tokens + self.reasoning_tokens
 
+    @property
+    def has_units(self) -> bool:
+        """Billed by something other than tokens: images, seconds, characters or queries."""
+        return bool(self.images or self.seconds or self.characters or self.queries)
+
     def as_dict(self) -> dict[str, Any]:
         """The non-zero parts, for the call record."""
         # Not dataclasses.asdict: it deep-copies every field, a measurable cost on every call.

@@ -91,7 +91,7 @@ def caller(request: Request, principal: Principal) -> Caller:
 def call_response(result: JsonResult | StreamResult) -> Response:
     """A finished call as an HTTP response: JSON, or an SSE stream."""
     if isinstance(result, JsonResult):
-        return Response(result.body, media_type="application/json", headers=result.headers)
+        return Response(result.body, media_type=result.media_type, headers=result.headers)
     return StreamingResponse(
         result.events, media_type="text/event-stream", headers={**SSE_HEADERS, **result.headers}
     )

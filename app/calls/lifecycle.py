@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from app.billing.estimate import chat_prompt_tokens, count_text, embedding_tokens
 from app.billing.service import BillingService, Charge, Hold
+from app.billing.units import unit_cost
 from app.calls.drain import Drain
 from app.calls.record import CallRecord, Recorder
 from app.calls.request import CallRequest
@@ -18,11 +20,17 @@ from app.llm.router import LLMService
 from app.observability.sentry import capture_upstream_failure
 from app.usage import Usage
 
+# Endpoints whose prompt is plain text (CallRequest.inputs), counted like embedding inputs.
+_TEXT_INPUT = frozenset({"completions", "images", "moderations", "rerank", "transcriptions"})
+# Endpoints served by LLMService.call (the Router's own entry point for each).
+_ROUTED = frozenset({"completions", "images", "transcriptions", "speech", "moderations", "rerank"})
+
 
 @dataclass(slots=True)
 class JsonResult:
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    media_type: str = "application/json"
 
 
 @dataclass(slots=True)
@@ -71,6 +79,7 @@ class CallService:
             n=req.n,
             tier=req.service_tier,
             key_id=caller.key_id,
+            fixed_cost=self._fixed_cost(req),
         )
         if hold is not None and hold.max_tokens is not None and req.output_limit_keys:
             for key in req.output_limit_keys:  # every limit key the client sent, capped
@@ -103,13 +112,21 @@ class CallService:
         )
 
     async def _estimate(self, req: CallRequest) -> int:
-        if req.endpoint == "embeddings":
+        if req.endpoint == "embeddings" or req.endpoint in _TEXT_INPUT:
             return await embedding_tokens(req.model, req.inputs)
         return await chat_prompt_tokens(req.model, req.params)
+
+    def _fixed_cost(self, req: CallRequest) -> Decimal:
+        """What the call's units (images, seconds, ...) cost at most; each must be priced."""
+        if req.units is None or not self.billing.enabled:
+            return Decimal(0)
+        return unit_cost(self.billing.price_for(req.model, req.service_tier), req.units, model=req.model)
 
     async def _call(self, req: CallRequest) -> Completion | CompletionStream:
         if req.endpoint == "embeddings":
             return await self.llm.embed(req.params)
+        if req.endpoint in _ROUTED:
+            return await self.llm.call(req.endpoint, req.params, file=req.file)
         return await self.llm.chat(req.params)
 
     async def _complete(
@@ -117,11 +134,15 @@ class CallService:
     ) -> JsonResult:
         call.first_token = time.perf_counter()
         usage = result.usage
-        if usage is None or usage.prompt_tokens == 0:  # LiteLLM reports 0s for "no usage"
-            usage = Usage.tokens(
-                call.prompt_tokens, await count_text(call.model, result.text()), counted=True
-            )
-            self.recorder.metrics.usage_counted(endpoint=req.endpoint)
+        # LiteLLM reports 0s for "no usage"; a call billed by its units may have no tokens.
+        if usage is None or (usage.prompt_tokens == 0 and not usage.has_units):
+            if req.units is not None:
+                usage = req.units  # what was held is what the call used (characters, ...)
+            else:
+                completion = await count_text(call.model, result.text())
+                usage = Usage.tokens(call.prompt_tokens, completion, counted=True)
+            if usage.counted:  # speech's characters are exact, not a count by the gateway
+                self.recorder.metrics.usage_counted(endpoint=req.endpoint)
         call.prompt_tokens, call.completion_tokens = usage.prompt_tokens, usage.completion_tokens
         charge: Charge | None = None
         headers: dict[str, str] = {}
@@ -130,4 +151,5 @@ class CallService:
             call.cost = charge.cost
             headers["X-Request-Cost"] = f"{charge.cost:f}"
         self.recorder.finished(call, "success")
-        return JsonResult(result.body(None if charge is None else charge.cost, usage), headers)
+        body = result.body(None if charge is None else charge.cost, usage)
+        return JsonResult(body, headers, result.media_type)

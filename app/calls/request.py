@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Endpoint = Literal["chat", "embeddings"]
+from app.usage import Usage
+
+Endpoint = Literal[
+    "chat", "embeddings", "completions", "images", "transcriptions", "speech", "moderations", "rerank"
+]
 
 
 @dataclass(slots=True)
@@ -26,3 +30,7 @@ class CallRequest:
     n: int = 1
     service_tier: str | None = None  # a priced tier other than the default
     inputs: list[str] = field(default_factory=list)  # embedding inputs, for the estimate
+    # Per-unit usage the call can be billed for at most (images, seconds, characters,
+    # queries): held as a fixed cost, and charged when the provider reports no usage.
+    units: Usage | None = None
+    file: tuple[str, bytes, str] | None = None  # an uploaded file: name, bytes, content type

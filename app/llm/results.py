@@ -32,13 +32,21 @@ class Completion:
     provider: str
     text: Callable[[], str]  # generated text, for counting when the provider reported no usage
     usage_key: str = "usage"
+    # A protocol whose answer has no token usage object gets only `{"cost": ...}` there.
+    cost_only: bool = False
+    # A body that is not JSON (speech audio, a plain-text transcript): sent as it is, the
+    # cost only in the X-Request-Cost header.
+    raw: bytes | None = None
+    media_type: str = "application/json"
 
     def body(self, cost: Decimal | None, usage: Usage | None = None) -> bytes:
         """The answer as the client gets it: with `usage.cost` when the call was charged."""
+        if self.raw is not None:
+            return self.raw
         if cost is not None:
             reported = self.data.get(self.usage_key)
             if not isinstance(reported, dict):
-                reported = {} if usage is None else _openai_usage(usage)
+                reported = {} if usage is None or self.cost_only else _openai_usage(usage)
                 self.data[self.usage_key] = reported
             reported["cost"] = money_fragment(cost)
         return orjson.dumps(self.data)

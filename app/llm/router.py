@@ -22,6 +22,7 @@ from app.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from app.llm import endpoints
 from app.llm.chat_stream import LiteLLMChatStream
 from app.llm.fastpath import DirectCaller, direct_groups, message_text
 from app.llm.results import Completion, CompletionStream
@@ -161,12 +162,55 @@ class LLMService:
             text=lambda: "",
         )
 
+    async def call(
+        self, endpoint: str, params: dict[str, Any], *, file: tuple[str, bytes, str] | None = None
+    ) -> Completion | CompletionStream:
+        """Completions, images, audio, moderations and rerank, each through the Router's own
+        entry point (retries, fallbacks and cooldowns as for chat)."""
+        router = self.router
+        try:
+            if endpoint == "completions":
+                response = await router.atext_completion(**params)
+            elif endpoint == "images":
+                response = await router.aimage_generation(**params)
+            elif endpoint == "transcriptions":
+                # Without a format LiteLLM asks Whisper for verbose_json, which carries the
+                # duration billed; a json answer is rendered from it for the client.
+                sent = {k: v for k, v in params.items() if not (k == "response_format" and v == "json")}
+                if file is None:
+                    raise InvalidRequest("'file' is required.", param="file")
+                response = await router.atranscription(file=file, **sent)
+            elif endpoint == "speech":
+                response = await router.aspeech(**params)
+            elif endpoint == "moderations":
+                response = await router.amoderation(**params)
+            elif endpoint == "rerank":
+                response = await router.arerank(**params)
+            else:
+                raise ValueError(f"unknown endpoint {endpoint!r}")
+        except Exception as exc:
+            raise translate_error(exc) from exc
+        served = _served_by(response)
+        if endpoint == "completions":
+            return endpoints.completion(response, params, served)
+        if endpoint == "images":
+            return endpoints.images(response, served)
+        if endpoint == "transcriptions":
+            return endpoints.transcription(response, params, served)
+        if endpoint == "speech":
+            return endpoints.speech(response, served)
+        if endpoint == "moderations":
+            return endpoints.moderation(response, served)
+        return endpoints.rerank(response, served)
+
 
 def _served_by(response: Any) -> tuple[str | None, str]:
     """The deployment that answered and its provider, from what LiteLLM attaches to a response."""
     hidden: dict[str, Any] = getattr(response, "_hidden_params", None) or {}
     model_id = hidden.get("model_id")
-    return (None if model_id is None else str(model_id)), str(hidden.get("custom_llm_provider") or "unknown")
+    named = str(hidden.get("litellm_model_name") or "").partition("/")[0]
+    provider = hidden.get("custom_llm_provider") or named
+    return (None if model_id is None else str(model_id)), str(provider or "unknown")
 
 
 def translate_error(exc: BaseException) -> GatewayError:
