@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
@@ -130,13 +131,24 @@ class SqliteStore(SqliteTopups):
 
     def _connect(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self._path, timeout=30, isolation_level=None, check_same_thread=False)
-        try:
-            self._prepare(conn)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
+        # Workers starting together open one file at once; switching it to WAL needs a moment
+        # alone with it, and SQLite answers "locked" at once rather than waiting: try again.
+        deadline = time.monotonic() + 15
+        while True:
+            conn = sqlite3.connect(self._path, timeout=30, isolation_level=None, check_same_thread=False)
+            try:
+                self._prepare(conn)
+            except sqlite3.OperationalError as exc:
+                conn.close()
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+                continue
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+            return
 
     @staticmethod
     def _prepare(conn: sqlite3.Connection) -> None:
