@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from app.accounts.alerts import BalanceAlerts, parse_thresholds
 from app.accounts.payments import StripePayments
-from app.api import account, admin, billing, chat, embeddings, health, models, payments
+from app.api import account, admin, billing, chat, embeddings, health, messages, models, payments, responses
 from app.auth.invalidation import InvalidationBus
 from app.auth.jwt import JwtVerifier
 from app.auth.service import Authenticator
@@ -34,7 +34,14 @@ from app.calls.drain import Drain
 from app.calls.lifecycle import CallService
 from app.calls.record import Recorder
 from app.config import Settings, load_model_config
-from app.errors import ClientClosed, GatewayError, InvalidRequest, NotFound
+from app.errors import (
+    ClientClosed,
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    anthropic_body_bytes,
+    is_anthropic_path,
+)
 from app.llm.fastpath import DirectCaller, close_session
 from app.llm.router import LLMService, apply_litellm_settings, build_router
 from app.middleware import GatewayMiddleware
@@ -216,9 +223,11 @@ async def _warm_up(state: AppState) -> None:
     gc.freeze()
 
 
-def _error_response(error: GatewayError) -> Response:
+def _error_response(error: GatewayError, request: Request | None = None) -> Response:
+    """The error in the protocol of the route it happened on (Anthropic's on /v1/messages*)."""
+    anthropic = request is not None and is_anthropic_path(request.url.path)
     return Response(
-        error.body_bytes(),
+        anthropic_body_bytes(error) if anthropic else error.body_bytes(),
         status_code=error.status_code,
         media_type="application/json",
         headers=error.headers,
@@ -230,7 +239,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, GatewayError)
         if isinstance(exc, ClientClosed):
             log.info("client closed the connection: %s %s", request.method, request.url.path)
-        return _error_response(exc)
+        return _error_response(exc, request)
 
     async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -238,14 +247,15 @@ def _install_error_handlers(app: FastAPI) -> None:
         loc = [str(p) for p in first.get("loc", []) if p not in ("body", "query", "path")]
         param = ".".join(loc) or None
         return _error_response(
-            InvalidRequest(f"Invalid request: {first.get('msg', 'bad input')}.", param=param)
+            InvalidRequest(f"Invalid request: {first.get('msg', 'bad input')}.", param=param), request
         )
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code == 404:
             return _error_response(
-                NotFound(f"Unknown route: {request.method} {request.url.path}", code="unknown_url")
+                NotFound(f"Unknown route: {request.method} {request.url.path}", code="unknown_url"),
+                request,
             )
         if exc.status_code == 405:
             return _error_response(
@@ -254,16 +264,19 @@ def _install_error_handlers(app: FastAPI) -> None:
                     status_code=405,
                     code="method_not_allowed",
                     headers=dict(exc.headers or {}),  # Allow: the methods that are
-                )
+                ),
+                request,
             )
-        return _error_response(GatewayError(str(exc.detail), status_code=exc.status_code))
+        return _error_response(GatewayError(str(exc.detail), status_code=exc.status_code), request)
 
     async def unhandled(request: Request, exc: Exception) -> Response:
         if isinstance(exc, ClientDisconnect):
             log.info("client closed the connection: %s %s", request.method, request.url.path)
-            return _error_response(ClientClosed("The client closed the connection."))
+            return _error_response(ClientClosed("The client closed the connection."), request)
         log.exception("unhandled error")
-        return _error_response(GatewayError("The gateway hit an internal error.", code="internal_error"))
+        return _error_response(
+            GatewayError("The gateway hit an internal error.", code="internal_error"), request
+        )
 
     app.add_exception_handler(GatewayError, gateway_error)
     app.add_exception_handler(RequestValidationError, validation_error)
@@ -288,6 +301,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url=None if settings.is_production else "/openapi.json",
     )
     for module in (chat, embeddings, models, billing, admin, health):
+        app.include_router(module.router)
+    for module in (responses, messages):
         app.include_router(module.router)
     app.include_router(account.router)
     app.include_router(payments.router)

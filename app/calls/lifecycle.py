@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from app.billing.estimate import chat_prompt_tokens, count_text, embedding_tokens
+from app.billing.estimate_protocols import messages_prompt_tokens, responses_prompt_tokens
 from app.billing.service import BillingService, Charge, Hold
 from app.calls.drain import Drain
 from app.calls.record import CallRecord, Recorder
@@ -105,11 +106,19 @@ class CallService:
     async def _estimate(self, req: CallRequest) -> int:
         if req.endpoint == "embeddings":
             return await embedding_tokens(req.model, req.inputs)
+        if req.endpoint == "responses":
+            return await responses_prompt_tokens(req.model, req.params)
+        if req.endpoint == "messages":
+            return await messages_prompt_tokens(req.model, req.params)
         return await chat_prompt_tokens(req.model, req.params)
 
     async def _call(self, req: CallRequest) -> Completion | CompletionStream:
         if req.endpoint == "embeddings":
             return await self.llm.embed(req.params)
+        if req.endpoint == "responses":
+            return await self.llm.responses(req.params)
+        if req.endpoint == "messages":
+            return await self.llm.messages(req.params, req.headers)
         return await self.llm.chat(req.params)
 
     async def _complete(

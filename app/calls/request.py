@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Endpoint = Literal["chat", "embeddings"]
+Endpoint = Literal["chat", "embeddings", "responses", "messages"]
 
 
 @dataclass(slots=True)
@@ -26,3 +26,6 @@ class CallRequest:
     n: int = 1
     service_tier: str | None = None  # a priced tier other than the default
     inputs: list[str] = field(default_factory=list)  # embedding inputs, for the estimate
+    # Client headers the provider protocol defines (anthropic-version, anthropic-beta): passed on
+    # to deployments that speak that protocol, never in place of the deployment's credential.
+    headers: dict[str, str] = field(default_factory=dict)
