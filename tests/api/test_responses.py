@@ -153,7 +153,7 @@ def test_cached_and_reasoning_tokens_are_charged_at_their_own_prices(gw: Gateway
     prompt, completion = int(usage["input_tokens"]), int(usage["output_tokens"])
     assert int(usage["input_tokens_details"]["cached_tokens"]) == 3
     assert int(usage["output_tokens_details"]["reasoning_tokens"]) == 4
-    expected = ((prompt - 3) * INPUT_PRICE + 3 * CACHE_READ + (completion - 4) * OUTPUT_PRICE + 4 * REASONING)
+    expected = (prompt - 3) * INPUT_PRICE + 3 * CACHE_READ + (completion - 4) * OUTPUT_PRICE + 4 * REASONING
     charged = -charges(gw, key)[r.headers["x-gateway-request-id"]].amount
     assert charged == Decimal(usage["cost"]) == expected.quantize(PLACES)
 
