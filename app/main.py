@@ -314,7 +314,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.CORS_ORIGINS,
             allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "X-Request-ID",
+                "x-api-key",
+                "anthropic-version",
+                "anthropic-beta",
+            ],
             expose_headers=["X-Request-ID", "X-Request-Cost", "Retry-After"],
         )
     app.add_middleware(GatewayMiddleware, max_body=settings.MAX_REQUEST_SIZE, metrics=metrics)

@@ -14,7 +14,7 @@ from app.api.deps import call_response, caller, current_principal, get_app_state
 from app.api.schemas.messages import parse_count_tokens, parse_messages, pass_headers
 from app.auth.service import Principal
 from app.billing.estimate_protocols import messages_prompt_tokens
-from app.errors import ModelNotFound
+from app.errors import ModelNotFound, NotFound
 from app.state import AppState
 
 router = APIRouter()
@@ -52,7 +52,9 @@ async def count_tokens(request: Request) -> Response:
     return Response(orjson.dumps({"input_tokens": count}), media_type="application/json")
 
 
-@router.head("/", include_in_schema=False)
-async def probe() -> Response:
-    """Claude Code probes the base URL with HEAD / before it starts."""
+@router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+async def probe(request: Request) -> Response:
+    """Claude Code probes the base URL with HEAD / before it starts; GET / stays unknown."""
+    if request.method == "GET":
+        raise NotFound(f"Unknown route: GET {request.url.path}", code="unknown_url")
     return Response(status_code=200)
