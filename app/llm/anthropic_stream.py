@@ -58,6 +58,13 @@ class AnthropicStream(EventStream):
         self._blocks_stopped += block.count(b'"content_block_stop"')
         return super()._block(block)
 
+    def without_last_content(self, block: bytes, drop: int) -> bytes:
+        kept = super().without_last_content(block, drop)
+        # Blocks opened or closed only in the part that was dropped never reached the client.
+        self._blocks_started -= block.count(b'"content_block_start"') - kept.count(b'"content_block_start"')
+        self._blocks_stopped -= block.count(b'"content_block_stop"') - kept.count(b'"content_block_stop"')
+        return kept
+
     def _event(self, kind: str, data: dict[str, Any], raw: bytes) -> bytes:
         if kind == "message_start":
             message = data.get("message")
@@ -80,6 +87,9 @@ class AnthropicStream(EventStream):
 
     def _ended(self) -> bool:
         return self._done or self._delta is not None
+
+    def _is_content(self, data: dict[str, Any]) -> bool:
+        return data.get("type") == "content_block_delta"
 
     def generated_text(self) -> str:
         parts: list[str] = []

@@ -67,6 +67,7 @@ class EventStream:
         self._chunks = chunks
         self._close = close
         self._done = False
+        self._dropped = 0  # content events cut off the end, never relayed: never counted
 
     async def events(self):  # type: ignore[no-untyped-def]  # AsyncIterator[bytes]
         pending = b""
@@ -125,6 +126,23 @@ class EventStream:
         """Whether the provider's stream ended complete (its terminal event was seen)."""
         return self._done
 
+    def without_last_content(self, block: bytes, drop: int) -> bytes:
+        """The block up to (not including) its last `drop` content events."""
+        if drop <= 0:
+            return block
+        self._dropped += drop
+        keep = block.count(self.content_marker) - drop
+        out: list[bytes] = []
+        for event in block.split(b"\n\n"):
+            if not event:
+                continue
+            if self.content_marker in event:
+                if keep <= 0:
+                    break
+                keep -= 1
+            out.append(event + b"\n\n")
+        return b"".join(out)
+
     def raw_events(self) -> list[dict[str, Any]]:
         """The parsed events kept for counting generated text."""
         out: list[dict[str, Any]] = []
@@ -133,7 +151,15 @@ class EventStream:
                 data = event_data(event) if event else None
                 if data is not None:
                     out.append(data)
+        drop = self._dropped
+        while drop and out:  # the content events the client never got, from the end
+            data = out.pop()
+            drop -= self._is_content(data)
         return out
+
+    def _is_content(self, data: dict[str, Any]) -> bool:
+        """Whether a parsed event is a content event (the kind `content_marker` finds)."""
+        return False
 
     async def aclose(self) -> None:
         result = self._close()

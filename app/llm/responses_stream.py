@@ -76,6 +76,9 @@ class ResponsesStream(EventStream):
         message = error.get("message") if isinstance(error, dict) else None
         raise UpstreamError(f"The model provider failed the response: {message or kind}")
 
+    def _is_content(self, data: dict[str, Any]) -> bool:
+        return str(data.get("type", "")).endswith(".delta")
+
     def generated_text(self) -> str:
         parts: list[str] = []
         for data in self.raw_events():

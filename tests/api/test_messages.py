@@ -58,6 +58,9 @@ def gw(
             _entry("tools", "fake+chunks-4+toolstream", fake_provider, path),
             _entry("cut", "fake+chunks-8+drop-3", fake_provider, path),
             _entry("slow", "fake+chunks-400+chunkdelay-20", fake_provider, path),
+            # A provider that ignores the output limit and reports no usage: charged on what was relayed.
+            _entry("greedy", "fake+chunks-60+ignoremax+nousage", fake_provider, path),
+            _entry("greedy-reported", "fake+chunks-60+ignoremax", fake_provider, path),
         ],
         env={"DATABASE_URL": pg_database} if store == "postgres" else {},
     )
@@ -324,6 +327,27 @@ def test_a_stream_the_client_drops_is_charged_for_what_was_generated(gw: Gateway
         time.sleep(0.1)
     charged = -charges(gw, key)[rid].amount
     assert _cost(2, 5) <= charged < _cost(2, 400) / 2
+    wait_reserved_zero(gw, user_id)
+
+
+def test_a_stream_that_outgrows_its_hold_ends_at_max_tokens_and_is_charged_for_what_came(
+    gw: Gateway, clients: list[anthropic.Anthropic]
+) -> None:
+    user_id, key = gw.new_user(1)
+    hi = [{"role": "user", "content": "hi"}]
+    r = _post(gw, key, {"model": "greedy", "max_tokens": 5, "stream": True, "messages": hi})
+    assert r.status_code == 200, r.text
+    events = _events(r.text)
+    names = [name for name, _ in events]
+    assert names[-2:] == ["message_delta", "message_stop"]
+    assert names.count("content_block_delta") <= 5 + 8  # nowhere near the provider's 60
+    assert names.count("content_block_start") == names.count("content_block_stop")
+    final = events[-2][1]
+    assert final["delta"]["stop_reason"] == "max_tokens"
+    charged = -charges(gw, key)[r.headers["x-gateway-request-id"]].amount
+    assert final["usage"]["cost"] == charged and 0 < charged < _cost(60, 60)
+    with _client(gw, key, clients).messages.stream(model="greedy-reported", max_tokens=5, messages=hi) as s:  # type: ignore[arg-type]
+        assert s.get_final_message().stop_reason == "max_tokens"
     wait_reserved_zero(gw, user_id)
 
 

@@ -57,6 +57,8 @@ def gw(
             _entry("tools", "fake+chunks-4+toolstream", base, path),
             _entry("cut", "fake+chunks-8+drop-3", base, path),
             _entry("slow", "fake+chunks-400+chunkdelay-20", base, path),
+            # A provider that ignores the output limit and reports no usage: charged on what was relayed.
+            _entry("greedy", "fake+chunks-60+ignoremax+nousage", base, path),
         ],
         env={"DATABASE_URL": pg_database} if store == "postgres" else {},
     )
@@ -198,6 +200,28 @@ def test_a_stream_the_client_drops_is_charged_for_what_was_generated(gw: Gateway
         time.sleep(0.1)
     charged = -charges(gw, key)[rid].amount
     assert _cost(3, 5) <= charged < _cost(3, 400) / 2  # what came, nowhere near the whole answer
+    wait_reserved_zero(gw, user_id)
+
+
+def test_a_stream_that_outgrows_its_hold_is_cut_as_incomplete_and_charged_for_what_came(gw: Gateway) -> None:
+    user_id, key = gw.new_user(1)
+    r = httpx.post(
+        gw.v1 + "/responses",
+        json={"model": "greedy", "input": "hi", "stream": True, "max_output_tokens": 5},
+        headers=bearer(key),
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    events = _events(r.text)
+    names = [name for name, _ in events]
+    assert names[-1] == "response.incomplete" and "response.completed" not in names
+    assert names.count("response.output_text.delta") <= 5 + 8  # nowhere near the provider's 60
+    final = events[-1][1]["response"]
+    assert final["status"] == "incomplete" and final["incomplete_details"] == {"reason": "max_output_tokens"}
+    usage = final["usage"]
+    charged = -charges(gw, key)[r.headers["x-gateway-request-id"]].amount
+    assert usage["cost"] == charged == _cost(int(usage["input_tokens"]), int(usage["output_tokens"]))
+    assert 0 < int(usage["output_tokens"]) < 60
     wait_reserved_zero(gw, user_id)
 
 
