@@ -62,7 +62,7 @@ def gw(
             _entry("greedy", "fake+chunks-60+ignoremax+nousage", fake_provider, path),
             _entry("greedy-reported", "fake+chunks-60+ignoremax", fake_provider, path),
         ],
-        env={"DATABASE_URL": pg_database} if store == "postgres" else {},
+        env={"MAX_REQUEST_SIZE": "100000", **({"DATABASE_URL": pg_database} if store == "postgres" else {})},
     )
     gateway.env["GW_PATH"] = path
     yield gateway
@@ -397,6 +397,10 @@ def test_errors_before_the_call_are_in_anthropics_shape(
         _client(gw, "sk-wrong", clients).messages.create(model="plain", max_tokens=5, messages=hi)  # type: ignore[arg-type]
     r = httpx.post(gw.url + "/v1/messages", content=b"{not json", headers={"x-api-key": key}, timeout=30)
     _assert_anthropic_error(r, 400, "invalid_request_error")
+    huge = [{"role": "user", "content": "x" * 200_000}]
+    _assert_anthropic_error(
+        _post(gw, key, {"model": "plain", "max_tokens": 5, "messages": huge}), 413, "request_too_large"
+    )
     assert gw.balance(key) == Decimal("0.0001")
 
 
