@@ -149,3 +149,45 @@ def from_store(exc: StoreFailure) -> GatewayError:
             "The change would take money that is not there.", code="balance_conflict", status_code=409
         )
     return StoreUnavailable("The account store is unavailable; try again.")
+
+
+# Anthropic's documented error types by status; its SDKs and Claude Code read `error.type`.
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    499: "invalid_request_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error_type(error: GatewayError) -> str:
+    """The Anthropic error type for a gateway error (503: the provider side is overloaded)."""
+    if error.status_code == 503:
+        return "overloaded_error"
+    return _ANTHROPIC_TYPES.get(error.status_code) or (
+        "api_error" if error.status_code >= 500 else "invalid_request_error"
+    )
+
+
+def anthropic_body_bytes(error: GatewayError) -> bytes:
+    """An error in Anthropic's shape: {"type": "error", "error": {"type", "message"}}."""
+    return orjson.dumps(
+        {"type": "error", "error": {"type": anthropic_error_type(error), "message": error.message}}
+    )
+
+
+def anthropic_error_event(error: GatewayError) -> bytes:
+    """A failure after an Anthropic stream started, as Anthropic's `error` event."""
+    return b"event: error\ndata: " + anthropic_body_bytes(error) + b"\n\n"
+
+
+def is_anthropic_path(path: str) -> bool:
+    """Routes that speak Anthropic's protocol, errors included."""
+    return path == "/v1/messages" or path.startswith("/v1/messages/")

@@ -34,10 +34,12 @@ from app.api import (
     embeddings,
     health,
     images,
+    messages,
     models,
     moderations,
     payments,
     rerank,
+    responses,
 )
 from app.auth.invalidation import InvalidationBus
 from app.auth.jwt import JwtVerifier
@@ -51,7 +53,16 @@ from app.calls.drain import Drain
 from app.calls.lifecycle import CallService
 from app.calls.record import Recorder
 from app.config import Settings, load_model_config
-from app.errors import ClientClosed, GatewayError, InvalidRequest, NotFound, StoreFailure, from_store
+from app.errors import (
+    ClientClosed,
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    StoreFailure,
+    anthropic_body_bytes,
+    from_store,
+    is_anthropic_path,
+)
 from app.llm.fastpath import DirectCaller, close_session
 from app.llm.router import LLMService, apply_litellm_settings, build_router
 from app.middleware import GatewayMiddleware
@@ -259,9 +270,11 @@ async def _warm_up(state: AppState) -> None:
     gc.freeze()
 
 
-def _error_response(error: GatewayError) -> Response:
+def _error_response(error: GatewayError, request: Request | None = None) -> Response:
+    """The error in the protocol of the route it happened on (Anthropic's on /v1/messages*)."""
+    anthropic = request is not None and is_anthropic_path(request.url.path)
     return Response(
-        error.body_bytes(),
+        anthropic_body_bytes(error) if anthropic else error.body_bytes(),
         status_code=error.status_code,
         media_type="application/json",
         headers=error.headers,
@@ -273,7 +286,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, GatewayError)
         if isinstance(exc, ClientClosed):
             log.info("client closed the connection: %s %s", request.method, request.url.path)
-        return _error_response(exc)
+        return _error_response(exc, request)
 
     async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -281,14 +294,15 @@ def _install_error_handlers(app: FastAPI) -> None:
         loc = [str(p) for p in first.get("loc", []) if p not in ("body", "query", "path")]
         param = ".".join(loc) or None
         return _error_response(
-            InvalidRequest(f"Invalid request: {first.get('msg', 'bad input')}.", param=param)
+            InvalidRequest(f"Invalid request: {first.get('msg', 'bad input')}.", param=param), request
         )
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code == 404:
             return _error_response(
-                NotFound(f"Unknown route: {request.method} {request.url.path}", code="unknown_url")
+                NotFound(f"Unknown route: {request.method} {request.url.path}", code="unknown_url"),
+                request,
             )
         if exc.status_code == 405:
             return _error_response(
@@ -297,20 +311,23 @@ def _install_error_handlers(app: FastAPI) -> None:
                     status_code=405,
                     code="method_not_allowed",
                     headers=dict(exc.headers or {}),  # Allow: the methods that are
-                )
+                ),
+                request,
             )
-        return _error_response(GatewayError(str(exc.detail), status_code=exc.status_code))
+        return _error_response(GatewayError(str(exc.detail), status_code=exc.status_code), request)
 
     async def unhandled(request: Request, exc: Exception) -> Response:
         if isinstance(exc, ClientDisconnect):
             log.info("client closed the connection: %s %s", request.method, request.url.path)
-            return _error_response(ClientClosed("The client closed the connection."))
+            return _error_response(ClientClosed("The client closed the connection."), request)
         log.exception("unhandled error")
-        return _error_response(GatewayError("The gateway hit an internal error.", code="internal_error"))
+        return _error_response(
+            GatewayError("The gateway hit an internal error.", code="internal_error"), request
+        )
 
     async def store_failure(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StoreFailure)
-        return _error_response(from_store(exc))
+        return _error_response(from_store(exc), request)
 
     app.add_exception_handler(GatewayError, gateway_error)
     app.add_exception_handler(StoreFailure, store_failure)
@@ -337,6 +354,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     for module in (chat, embeddings, models, billing, admin, health):
         app.include_router(module.router)
+    for module in (responses, messages):
+        app.include_router(module.router)
     app.include_router(account.router)
     app.include_router(payments.router)
     app.include_router(dashboard.router)
@@ -350,7 +369,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.CORS_ORIGINS,
             allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "X-Request-ID",
+                "x-api-key",
+                "anthropic-version",
+                "anthropic-beta",
+            ],
             expose_headers=["X-Request-ID", "X-Request-Cost", "Retry-After"],
         )
     app.add_middleware(GatewayMiddleware, max_body=settings.MAX_REQUEST_SIZE, metrics=metrics)

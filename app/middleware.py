@@ -12,7 +12,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import RequestTooLarge
+from app.errors import RequestTooLarge, anthropic_body_bytes, is_anthropic_path
 from app.observability.logging import request_id_var, user_id_var
 from app.observability.metrics import Metrics
 
@@ -80,7 +80,11 @@ class GatewayMiddleware:
 
         try:
             if declared is not None and declared > self.max_body:
-                await _send_error(send_wrapper, RequestTooLarge(_too_large(self.max_body)))
+                await _send_error(
+                    send_wrapper,
+                    RequestTooLarge(_too_large(self.max_body)),
+                    anthropic=is_anthropic_path(scope["path"]),
+                )
                 return
             await self.app(scope, _limited(receive, self.max_body), send_wrapper)
         finally:
@@ -117,8 +121,8 @@ def _limited(receive: Receive, limit: int) -> Receive:
     return wrapped
 
 
-async def _send_error(send: Send, error: RequestTooLarge) -> None:
-    body = error.body_bytes()
+async def _send_error(send: Send, error: RequestTooLarge, *, anthropic: bool) -> None:
+    body = anthropic_body_bytes(error) if anthropic else error.body_bytes()
     await send(
         {
             "type": "http.response.start",

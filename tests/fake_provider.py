@@ -57,7 +57,7 @@ The first part is a free name (``fake``); unknown parts are ignored, so
 * ``drop-<k>``        streaming: send k content chunks then abort the TCP
   connection (no finish chunk, no [DONE]); non-streaming: abort without
   any response.
-* ``ignoremax``       chat: generate all ``chunks-<n>`` tokens whatever
+* ``ignoremax``       chat, Responses and Anthropic: generate all ``chunks-<n>`` tokens whatever
   ``max_tokens`` / ``max_completion_tokens`` say (a provider that ignores the limit).
 * ``nousage``         never report usage (no ``usage`` key in JSON, no usage
   chunk even when ``stream_options.include_usage`` is true).

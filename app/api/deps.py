@@ -32,9 +32,12 @@ async def get_state(request: Request) -> AppState:
 State = Annotated[AppState, Depends(get_state)]
 
 
-async def current_principal(request: Request, state: State) -> Principal:
-    """The authenticated caller; rate limits are applied here, before any work is done."""
-    principal = await state.auth.authenticate(request.headers.get("authorization"))
+async def current_principal(request: Request, state: State, *, authorization: str | None = None) -> Principal:
+    """The authenticated caller; rate limits are applied here, before any work is done.
+
+    `authorization` replaces the request's header (routes that also accept `x-api-key`).
+    """
+    principal = await state.auth.authenticate(authorization or request.headers.get("authorization"))
     request.state.user_id = principal.user_id
     if state.ratelimiter is not None:
         await state.ratelimiter.check(request, principal)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from app.billing.estimate import chat_prompt_tokens, count_text, embedding_tokens
+from app.billing.estimate_protocols import messages_prompt_tokens, responses_prompt_tokens
 from app.billing.service import BillingService, Charge, Hold
 from app.billing.units import unit_cost
 from app.calls.drain import Drain
@@ -114,6 +115,10 @@ class CallService:
     async def _estimate(self, req: CallRequest) -> int:
         if req.endpoint == "embeddings" or req.endpoint in _TEXT_INPUT:
             return await embedding_tokens(req.model, req.inputs)
+        if req.endpoint == "responses":
+            return await responses_prompt_tokens(req.model, req.params)
+        if req.endpoint == "messages":
+            return await messages_prompt_tokens(req.model, req.params)
         return await chat_prompt_tokens(req.model, req.params)
 
     def _fixed_cost(self, req: CallRequest) -> Decimal:
@@ -127,6 +132,10 @@ class CallService:
             return await self.llm.embed(req.params)
         if req.endpoint in _ROUTED:
             return await self.llm.call(req.endpoint, req.params, file=req.file)
+        if req.endpoint == "responses":
+            return await self.llm.responses(req.params)
+        if req.endpoint == "messages":
+            return await self.llm.messages(req.params, req.headers)
         return await self.llm.chat(req.params)
 
     async def _complete(

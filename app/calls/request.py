@@ -8,7 +8,16 @@ from typing import Any, Literal
 from app.usage import Usage
 
 Endpoint = Literal[
-    "chat", "embeddings", "completions", "images", "transcriptions", "speech", "moderations", "rerank"
+    "chat",
+    "embeddings",
+    "responses",
+    "messages",
+    "completions",
+    "images",
+    "transcriptions",
+    "speech",
+    "moderations",
+    "rerank",
 ]
 
 
@@ -34,3 +43,6 @@ class CallRequest:
     # queries): held as a fixed cost, and charged when the provider reports no usage.
     units: Usage | None = None
     file: tuple[str, bytes, str] | None = None  # an uploaded file: name, bytes, content type
+    # Client headers the provider protocol defines (anthropic-version, anthropic-beta): passed on
+    # to deployments that speak that protocol, never in place of the deployment's credential.
+    headers: dict[str, str] = field(default_factory=dict)

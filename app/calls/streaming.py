@@ -58,7 +58,7 @@ async def metered(
                 outcome = "length"
                 log.warning("stream outgrew its hold: cut", extra={"billing_request": call.request_id})
                 await _close(stream)
-                yield _first_events(block, block.count(b"\n\n") - (meter.events - limit))
+                yield _within_limit(stream, block, meter.events - limit)
                 meter.events = limit
                 yield stream.cut()
                 break
@@ -116,6 +116,19 @@ async def _settle_dropped(
     """Charge a dropped stream for the prompt and the completion generated so far."""
     await _settle(stream, call, hold, billing, recorder)
     recorder.finished(call, "client_closed")
+
+
+def _within_limit(stream: CompletionStream, block: bytes, excess: int) -> bytes:
+    """The block without its last `excess` content events (and what follows them).
+
+    A stream whose blocks mix content events with others (named-event protocols) says where
+    its content events are (`without_last_content`); in chat's every event is content.
+    """
+    trim = getattr(stream, "without_last_content", None)
+    if trim is not None:
+        kept: bytes = trim(block, excess)
+        return kept
+    return _first_events(block, block.count(b"\n\n") - excess)
 
 
 def _first_events(block: bytes, keep: int) -> bytes:

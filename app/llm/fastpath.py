@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -25,9 +26,8 @@ from litellm import exceptions as llm_errors
 from litellm.router import Router
 
 from app.config import ModelConfig
-from app.llm.chat_stream import ChatSseStream
-from app.llm.results import Completion
-from app.usage import Usage
+from app.llm.results import Completion, CompletionStream
+from app.llm.wires import CHAT, Wire
 
 # litellm_params a deployment may have and still be called directly (anything else, such
 # as mock_response or provider-specific settings, needs LiteLLM's own call path).
@@ -53,23 +53,26 @@ _DIRECT_PARAMS = frozenset(
 # Routing strategies that decide from the Router's own state; the others learn from
 # LiteLLM's success callbacks, which the fast path does not fire.
 _DIRECT_STRATEGIES = frozenset({None, "simple-shuffle"})
-_OPENAI_BASE = "https://api.openai.com/v1"
 
 
-def _is_direct(entry: dict[str, Any]) -> bool:
+def _is_direct(entry: dict[str, Any], prefix: str) -> bool:
     params: dict[str, Any] = entry["litellm_params"]
     model = str(params.get("model", ""))
-    return model.startswith("openai/") and set(params) <= _DIRECT_PARAMS
+    return model.startswith(prefix) and set(params) <= _DIRECT_PARAMS
 
 
-def direct_groups(config: ModelConfig) -> frozenset[str]:
-    """Model groups that (with every fallback they may reach) can use the fast path."""
+def direct_groups(config: ModelConfig, prefix: str = "openai/") -> frozenset[str]:
+    """Model groups that (with every fallback they may reach) can use the fast path.
+
+    `prefix` names the provider whose API the call speaks natively: `openai/` for chat and
+    Responses, `anthropic/` for Messages.
+    """
     if config.router_settings.get("routing_strategy") not in _DIRECT_STRATEGIES:
         return frozenset()
     groups: dict[str, bool] = {}
     for entry in config.model_list:
         name = str(entry["model_name"])
-        groups[name] = groups.get(name, True) and _is_direct(entry) and "*" not in name
+        groups[name] = groups.get(name, True) and _is_direct(entry, prefix) and "*" not in name
     return frozenset(
         n for n, ok in groups.items() if ok and all(groups.get(m, False) for m in config.reachable(n))
     )
@@ -82,35 +85,38 @@ class DirectCaller:
         self._router = router
         self._session = session
 
-    async def call(self, params: dict[str, Any]) -> Completion | ChatSseStream:
-        """One call with the Router's retries, fallbacks and cooldowns around each attempt."""
+    async def call(
+        self, params: dict[str, Any], wire: Wire = CHAT, headers: Mapping[str, str] | None = None
+    ) -> Completion | CompletionStream:
+        """One call with the Router's retries, fallbacks and cooldowns around each attempt.
+
+        `headers` are the client's headers the wire may pass on (never its credential).
+        """
         model = params["model"]
         kwargs: dict[str, Any] = {
             "model": model,
-            "messages": params["messages"],
+            "messages": params.get("messages"),
             "gw_body": params,
+            "gw_wire": wire,
+            "gw_headers": headers or {},
             "original_function": self._attempt,
         }
         self._router._update_kwargs_before_fallbacks(model=model, kwargs=kwargs)
-        result: Completion | ChatSseStream = await self._router.async_function_with_fallbacks(**kwargs)
+        result: Completion | CompletionStream = await self._router.async_function_with_fallbacks(**kwargs)
         return result
 
-    async def _attempt(self, model: str, messages: list[Any], **kwargs: Any) -> Completion | ChatSseStream:
+    async def _attempt(self, model: str, messages: Any, **kwargs: Any) -> Completion | CompletionStream:
         deployment = await self._router.async_get_available_deployment(
             model=model, messages=messages, request_kwargs=kwargs
         )
+        wire: Wire = kwargs["gw_wire"]
         params: dict[str, Any] = deployment["litellm_params"]
         deployment_id = str(deployment["model_info"]["id"])
         body = dict(kwargs["gw_body"])
         body["model"] = str(params["model"]).split("/", 1)[1]
         stream = bool(body.get("stream"))
-        url = str(params.get("api_base") or _OPENAI_BASE).rstrip("/") + "/chat/completions"
-        headers = {"Content-Type": "application/json"}
-        if params.get("api_key"):
-            headers["Authorization"] = f"Bearer {params['api_key']}"
-        if params.get("organization"):
-            headers["OpenAI-Organization"] = str(params["organization"])
-        headers.update(params.get("extra_headers") or {})
+        url = wire.url(params)
+        headers = wire.headers(params, kwargs["gw_headers"])
         timeout = self._timeout(params, stream=stream)
         started = time.time()
         try:
@@ -146,7 +152,7 @@ class DirectCaller:
                 response.release()
             raise self._failed(_status_error(response, data, model, url), deployment, model, started)
         if stream:
-            return ChatSseStream(response, deployment_id=deployment_id)
+            return wire.stream(response, deployment_id)
         try:
             data = await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -176,13 +182,7 @@ class DirectCaller:
                 model,
                 started,
             )
-        return Completion(
-            data=parsed,
-            usage=Usage.from_openai(parsed.get("usage")),
-            deployment_id=deployment_id,
-            provider="openai",
-            text=lambda: message_text(parsed),
-        )
+        return wire.completion(parsed, deployment_id)
 
     def _timeout(self, params: dict[str, Any], *, stream: bool) -> aiohttp.ClientTimeout:
         total = params.get("timeout") or self._router.timeout or 600
@@ -219,7 +219,9 @@ def _status_error(response: aiohttp.ClientResponse, data: bytes, model: str, url
     )
     common: dict[str, Any] = {"message": text, "model": model, "llm_provider": "openai", "response": fake}
     if status == 400:
-        if "context_length_exceeded" in text or "maximum context length" in text:
+        if any(
+            m in text for m in ("context_length_exceeded", "maximum context length", "prompt is too long")
+        ):
             return llm_errors.ContextWindowExceededError(**common)
         return llm_errors.BadRequestError(**common)
     if status == 401:

@@ -38,6 +38,8 @@ class Completion:
     # cost only in the X-Request-Cost header.
     raw: bytes | None = None
     media_type: str = "application/json"
+    # The protocol's usage object, for answers where the provider reported none.
+    render_usage: Callable[[Usage], dict[str, Any]] = field(default=lambda usage: openai_usage(usage))
 
     def body(self, cost: Decimal | None, usage: Usage | None = None) -> bytes:
         """The answer as the client gets it: with `usage.cost` when the call was charged."""
@@ -46,13 +48,13 @@ class Completion:
         if cost is not None:
             reported = self.data.get(self.usage_key)
             if not isinstance(reported, dict):
-                reported = {} if usage is None or self.cost_only else _openai_usage(usage)
+                reported = {} if usage is None or self.cost_only else self.render_usage(usage)
                 self.data[self.usage_key] = reported
             reported["cost"] = money_fragment(cost)
         return orjson.dumps(self.data)
 
 
-def _openai_usage(usage: Usage) -> dict[str, Any]:
+def openai_usage(usage: Usage) -> dict[str, Any]:
     return {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,

@@ -23,9 +23,13 @@ from app.errors import (
     UpstreamUnavailable,
 )
 from app.llm import endpoints
+from app.llm.anthropic_stream import AnthropicStream
 from app.llm.chat_stream import LiteLLMChatStream
+from app.llm.event_stream import objects_as_events
 from app.llm.fastpath import DirectCaller, direct_groups, message_text
+from app.llm.responses_stream import ResponsesStream
 from app.llm.results import Completion, CompletionStream
+from app.llm.wires import COUNT_TOKENS, MESSAGES, RESPONSES, messages_completion, responses_completion
 from app.usage import Usage
 
 log = logging.getLogger(__name__)
@@ -73,6 +77,8 @@ class LLMService:
         self.router = router
         self.direct = direct
         self.direct_groups = direct_groups(config) if direct is not None else frozenset()
+        # Groups whose every deployment speaks Anthropic's Messages API natively.
+        self.anthropic_groups = direct_groups(config, "anthropic/") if direct is not None else frozenset()
         self._names = config.model_names()
         self._exact = frozenset(n for n in self._names if "*" not in n)
         self._patterns = [n for n in self._names if "*" in n]
@@ -144,6 +150,59 @@ class LLMService:
             text=lambda: message_text(data),
         )
 
+    async def responses(self, params: dict[str, Any]) -> Completion | CompletionStream:
+        """An OpenAI Responses call: bytes through for OpenAI-compatible groups, else LiteLLM's bridge."""
+        try:
+            if self.direct is not None and params["model"] in self.direct_groups:
+                return await self.direct.call(params, RESPONSES)
+            response = await self.router.aresponses(**params)
+        except Exception as exc:
+            raise translate_error(exc) from exc
+        deployment_id, provider = _served_by(response)
+        if params.get("stream"):
+            return ResponsesStream(
+                objects_as_events(response),
+                getattr(response, "aclose", _nothing),
+                deployment_id=deployment_id,
+                provider=provider,
+            )
+        return responses_completion(_as_dict(response), deployment_id, provider)
+
+    async def messages(
+        self, params: dict[str, Any], headers: dict[str, str]
+    ) -> Completion | CompletionStream:
+        """An Anthropic Messages call: bytes through for Anthropic groups, else LiteLLM's translation.
+
+        `headers` (anthropic-version, anthropic-beta) reach Anthropic deployments only.
+        """
+        try:
+            if self.direct is not None and params["model"] in self.anthropic_groups:
+                return await self.direct.call(params, MESSAGES, headers)
+            response = await self.router.aanthropic_messages(**params)
+        except Exception as exc:
+            raise translate_error(exc) from exc
+        deployment_id, provider = _served_by(response)
+        if params.get("stream"):
+            return AnthropicStream(
+                _as_bytes(response),
+                getattr(response, "aclose", _nothing),
+                deployment_id=deployment_id,
+                provider=provider,
+            )
+        return messages_completion(_as_dict(response), deployment_id, provider)
+
+    async def count_tokens(self, params: dict[str, Any], headers: dict[str, str]) -> int | None:
+        """Anthropic's own count for Anthropic groups; None where the gateway must count."""
+        if self.direct is None or params["model"] not in self.anthropic_groups:
+            return None
+        try:
+            result = await self.direct.call(params, COUNT_TOKENS, headers)
+        except Exception as exc:
+            raise translate_error(exc) from exc
+        assert isinstance(result, Completion)
+        count = result.data.get("input_tokens")
+        return count if isinstance(count, int) else None
+
     async def embed(self, params: dict[str, Any]) -> Completion:
         """Embeddings through the Router; billed on the provider's prompt token count."""
         try:
@@ -202,6 +261,23 @@ class LLMService:
         if endpoint == "moderations":
             return endpoints.moderation(response, served)
         return endpoints.rerank(response, served)
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _as_dict(response: Any) -> dict[str, Any]:
+    if isinstance(response, dict):
+        copied: dict[str, Any] = orjson.loads(orjson.dumps(response, default=str))
+        return copied
+    data: dict[str, Any] = orjson.loads(response.model_dump_json(exclude_none=True))
+    return data
+
+
+async def _as_bytes(upstream: Any):  # type: ignore[no-untyped-def]  # AsyncIterator[bytes]
+    async for chunk in upstream:
+        yield chunk if isinstance(chunk, bytes) else str(chunk).encode()
 
 
 def _served_by(response: Any) -> tuple[str | None, str]:

@@ -126,7 +126,7 @@ def register(app, ctx):
         if not stream and d["drop"] is not None:
             abort_now(request)
         n_tok = d["chunks"]
-        g = cap_tokens(n_tok, max_tokens)
+        g = n_tok if d["ignoremax"] else cap_tokens(n_tok, max_tokens)
         tool_name = _tool_name(body.get("tools"), body.get("tool_choice"))
         num = ctx.next_id()
         mid = f"msg_fake{num:016x}"

@@ -75,7 +75,7 @@ def register(app, ctx):
 
         n_tok = d["chunks"]
         cap = body.get("max_output_tokens")
-        g = cap_tokens(n_tok, cap)
+        g = n_tok if d["ignoremax"] else cap_tokens(n_tok, cap)
         reasoning = max(d["reasoning"] or 0, 0)
         incomplete = g < n_tok
         tool_name = _function_tool(body.get("tools"), body.get("tool_choice"))
