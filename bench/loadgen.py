@@ -18,8 +18,11 @@ from dataclasses import dataclass, field
 import aiohttp
 import orjson
 
-CONTENT_MARK = re.compile(rb'"content": ?"tok')
-DONE_MARK = b"data: [DONE]"
+# A content event of any protocol: chat's `"content":"tok`, Responses' `"delta":"tok`,
+# Anthropic's `"text_delta","text":"tok`.
+CONTENT_MARK = re.compile(rb'"(?:content|delta|text_delta", ?"text)": ?"tok')
+# The end of a stream: chat's [DONE], Responses' response.completed, Anthropic's message_stop.
+DONE_MARK = re.compile(rb"data: \[DONE\]|event: response\.completed|event: message_stop")
 MARK_TAIL = 24  # bytes kept between reads so a mark split across two reads is still found
 
 
@@ -31,6 +34,40 @@ class RequestSpec:
     body: bytes
     headers: dict[str, str]
     stream: bool
+
+    @classmethod
+    def for_protocol(cls, protocol: str, base: str, key: str, model: str, *, stream: bool) -> RequestSpec:
+        """The same small request in chat, Responses or Anthropic Messages form."""
+        if protocol == "responses":
+            payload: dict[str, object] = {
+                "model": model,
+                "input": "Say hello to the benchmark.",
+                "stream": stream,
+            }
+            return cls(
+                url=base.rstrip("/") + "/responses",
+                body=orjson.dumps(payload),
+                headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+                stream=stream,
+            )
+        if protocol == "messages":
+            payload = {
+                "model": model,
+                "max_tokens": 4096,
+                "messages": [{"role": "user", "content": "Say hello to the benchmark."}],
+                "stream": stream,
+            }
+            return cls(
+                url=base.rstrip("/") + "/messages",
+                body=orjson.dumps(payload),
+                headers={
+                    "x-api-key": key,
+                    "anthropic-version": "2023-06-01",
+                    "Content-Type": "application/json",
+                },
+                stream=stream,
+            )
+        return cls.chat(base, key, model, stream=stream)
 
     @classmethod
     def chat(cls, base: str, key: str, model: str, *, stream: bool) -> RequestSpec:
@@ -98,7 +135,7 @@ async def one(session: aiohttp.ClientSession, spec: RequestSpec, shots: Shots) -
                 if found and first is None:
                     first = time.perf_counter()
                 count += found
-                if DONE_MARK in window:
+                if DONE_MARK.search(window) is not None:
                     done = True
                 tail = window[-MARK_TAIL:]
             end = time.perf_counter()

@@ -26,6 +26,7 @@ class Scenario:
     model: str
     stream: bool
     conns: int
+    protocol: str = "chat"
 
 
 SCENARIOS = [
@@ -36,7 +37,42 @@ SCENARIOS = [
         "stream-c16", f"Streaming {targets.STREAM_CHUNKS} chunks, 16 connections", "bench-stream", True, 16
     ),
     Scenario("stream1-c16", "Streaming 1 chunk, 16 connections", "bench-stream1", True, 16),
+    Scenario(
+        "resp-stream-c16",
+        f"Responses API, streaming {targets.STREAM_CHUNKS} deltas, 16 connections",
+        "bench-stream",
+        True,
+        16,
+        "responses",
+    ),
+    Scenario(
+        "resp-stream1-c16",
+        "Responses API, streaming 1 delta, 16 connections",
+        "bench-stream1",
+        True,
+        16,
+        "responses",
+    ),
+    Scenario(
+        "msg-stream-c16",
+        f"Anthropic Messages, streaming {targets.STREAM_CHUNKS} deltas, 16 connections",
+        "bench-msg-stream",
+        True,
+        16,
+        "messages",
+    ),
+    Scenario(
+        "msg-stream1-c16",
+        "Anthropic Messages, streaming 1 delta, 16 connections",
+        "bench-msg-stream1",
+        True,
+        16,
+        "messages",
+    ),
 ]
+# LiteLLM's proxy is measured on chat only (its Responses and Messages routes need the proxy's
+# own MCP and audio extras, and a config of their own).
+CHAT_ONLY_TARGETS = ("litellm-proxy",)
 
 TARGET_ORDER = ["direct", "gateway", "gateway-nosync", "litellm-proxy"]
 
@@ -104,7 +140,9 @@ def cpu_used(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
 async def measure(
     target: targets.Target, sc: Scenario, *, fake_root: int, warmup: float, duration: float
 ) -> dict[str, Any]:
-    spec = RequestSpec.chat(target.base, target.key, target.models[sc.model], stream=sc.stream)
+    spec = RequestSpec.for_protocol(
+        sc.protocol, target.base, target.key, target.models[sc.model], stream=sc.stream
+    )
     async with loadgen.new_session(sc.conns) as session:
         if warmup > 0:
             await loadgen.run_phase(session, [spec], conns=sc.conns, duration=warmup)
@@ -168,6 +206,8 @@ def run_target(
     async def all_scenarios() -> None:
         for sc in SCENARIOS:
             if only is not None and sc.key not in only:
+                continue
+            if sc.protocol != "chat" and target.name in CHAT_ONLY_TARGETS:
                 continue
             r = await measure(target, sc, fake_root=fake_root, warmup=warmup, duration=duration)
             results.append(r)

@@ -226,6 +226,16 @@ def render_targets(bench_data: dict[str, Any] | None, soak: dict[str, Any] | Non
                 verdict(None if chunk is None else chunk <= 0.00005),
             ]
         )
+        events = [gw.get("cpu_per_event_responses"), gw.get("cpu_per_event_messages")]
+        rows.append(
+            [
+                "Responses and Messages streams <= 0.02 ms of CPU per event (native deployments)",
+                f"Responses {report.ms(events[0], 4)} ms, Messages {report.ms(events[1], 4)} ms; "
+                f"added TTFT at 16 connections {report.signed_ms(gw.get('added_ttft_responses_c16'))} / "
+                f"{report.signed_ms(gw.get('added_ttft_messages_c16'))} ms",
+                verdict(None if None in events else max(e for e in events if e is not None) <= 0.00002),
+            ]
+        )
     if soak:
         soak = summarize_soak(soak)
         rows.append(

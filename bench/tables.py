@@ -39,7 +39,19 @@ def derived(data: dict[str, Any]) -> dict[str, dict[str, float | None]]:
         many, one = get("stream-c16", "server_cpu_per_req"), get("stream1-c16", "server_cpu_per_req")
         cpu_req = get("json-c16", "server_cpu_per_req")
         rps = get("json-c16", "rps")
+
+        def per_event(prefix: str, t: str = t) -> float | None:
+            a, b = (
+                get(f"{prefix}-c16", "server_cpu_per_req", t),
+                get(f"{prefix}1-c16", "server_cpu_per_req", t),
+            )
+            return None if a is None or b is None else (a - b) / (n_chunks - 1)
+
         out[t] = {
+            "cpu_per_event_responses": per_event("resp-stream"),
+            "cpu_per_event_messages": per_event("msg-stream"),
+            "added_ttft_responses_c16": diff("resp-stream-c16", "ttft_p50"),
+            "added_ttft_messages_c16": diff("msg-stream-c16", "ttft_p50"),
             "added_p50_c1": diff("json-c1", "p50"),
             "added_p50_c16": diff("json-c16", "p50"),
             "added_ttft_c1": diff("stream-c1", "ttft_p50"),
@@ -220,6 +232,26 @@ def render_bench(data: dict[str, Any]) -> str:
             ]
         )
     add(report.table(header, body))
+    add("")
+    add("#### Per protocol (streams, 16 connections)")
+    add("")
+    proto_header = ["target", "protocol", "CPU per event ms", "added TTFT p50 ms"]
+    proto_body = []
+    for t in present:
+        if t == "direct":
+            continue
+        x = d.get(t, {})
+        for label, event_key, ttft_key in (
+            ("chat completions", "cpu_per_chunk", "added_ttft_c16"),
+            ("Responses API", "cpu_per_event_responses", "added_ttft_responses_c16"),
+            ("Anthropic Messages", "cpu_per_event_messages", "added_ttft_messages_c16"),
+        ):
+            if x.get(event_key) is None:
+                continue
+            proto_body.append(
+                [TARGET_LABEL[t], label, report.ms(x.get(event_key), 4), report.signed_ms(x.get(ttft_key))]
+            )
+    add(report.table(proto_header, proto_body))
     add("")
     errors = [r for r in data["results"] if r["errors"]]
     for r in errors:

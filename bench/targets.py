@@ -37,6 +37,11 @@ MODELS = {
     "bench-stream": "fake+chunks-200",
     "bench-stream1": "fake+chunks-1",
 }
+# Served by `anthropic/` deployments: the Messages scenarios (Responses ones use the models above).
+ANTHROPIC_MODELS = {
+    "bench-msg-stream": "fake+chunks-200",
+    "bench-msg-stream1": "fake+chunks-1",
+}
 STREAM_CHUNKS = 200
 # max_output_tokens bounds what a call without max_tokens holds from the balance (without it the
 # gateway holds the whole balance, so one user's calls could not overlap).
@@ -72,8 +77,8 @@ class Target:
         return self.child.pid if self.child else None
 
 
-def model_list(api_base: str) -> list[dict[str, Any]]:
-    return [
+def model_list(api_base: str, *, anthropic: bool = True) -> list[dict[str, Any]]:
+    entries = [
         {
             "model_name": name,
             "litellm_params": {"model": f"openai/{behaviour}", "api_base": api_base, "api_key": PROVIDER_KEY},
@@ -81,6 +86,21 @@ def model_list(api_base: str) -> list[dict[str, Any]]:
         }
         for name, behaviour in MODELS.items()
     ]
+    if anthropic:
+        root = api_base.removesuffix("/v1")
+        entries += [
+            {
+                "model_name": name,
+                "litellm_params": {
+                    "model": f"anthropic/{behaviour}",
+                    "api_base": root,
+                    "api_key": PROVIDER_KEY,
+                },
+                "model_info": dict(PRICES),
+            }
+            for name, behaviour in ANTHROPIC_MODELS.items()
+        ]
+    return entries
 
 
 # --- the fake provider ---------------------------------------------------------------------
@@ -124,7 +144,8 @@ def start_fake(procs: Processes, work: Path, *, cpus: set[int]) -> tuple[Target,
         name="direct",
         base=url + "/v1",
         key=PROVIDER_KEY,
-        models=dict(MODELS),  # straight to the provider: the behaviour string is the model
+        # Straight to the provider: the behaviour string is the model.
+        models={**MODELS, **ANTHROPIC_MODELS},
         child=child,
     )
     return target, child
@@ -256,8 +277,8 @@ def start_gateway(
     wait_http(url + "/ready", child=child, timeout=90, ok=lambda s: s == 200)
     key = _gateway_key(url)
     return Target(
-        name=name, base=url + "/v1", key=key, models={m: m for m in MODELS}, child=child, notes=notes,
-        database=database,
+        name=name, base=url + "/v1", key=key, models={m: m for m in {**MODELS, **ANTHROPIC_MODELS}},
+        child=child, notes=notes, database=database,
     )  # fmt: skip
 
 
@@ -322,7 +343,7 @@ def start_proxy(procs: Processes, work: Path, *, api_base: str, port: int, cpus:
     config.write_text(
         yaml.safe_dump(
             {
-                "model_list": model_list(api_base),
+                "model_list": model_list(api_base, anthropic=False),
                 "router_settings": ROUTER_SETTINGS,
                 "general_settings": {
                     "master_key": MASTER_KEY,
