@@ -7,19 +7,18 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from app.billing.estimate import chat_prompt_tokens, count_text, embedding_tokens
+from app.billing.estimate import chat_prompt_tokens, embedding_tokens
 from app.billing.estimate_protocols import messages_prompt_tokens, responses_prompt_tokens
 from app.billing.service import BillingService, Charge, Hold
 from app.billing.units import unit_cost
 from app.calls.drain import Drain
-from app.calls.record import CallRecord, Recorder
+from app.calls.record import CallRecord, Recorder, billed_usage
 from app.calls.request import CallRequest
 from app.calls.streaming import metered
 from app.errors import GatewayError, ModelNotFound
 from app.llm.results import Completion, CompletionStream
 from app.llm.router import LLMService
 from app.observability.sentry import capture_upstream_failure
-from app.usage import Usage
 
 # Endpoints whose prompt is plain text (CallRequest.inputs), counted like embedding inputs.
 _TEXT_INPUT = frozenset({"completions", "images", "moderations", "rerank", "transcriptions"})
@@ -142,17 +141,7 @@ class CallService:
         self, req: CallRequest, call: CallRecord, hold: Hold | None, result: Completion
     ) -> JsonResult:
         call.first_token = time.perf_counter()
-        usage = result.usage
-        # LiteLLM reports 0s for "no usage"; a call billed by its units may have no tokens.
-        if usage is None or (usage.prompt_tokens == 0 and not usage.has_units):
-            if req.units is not None:
-                usage = req.units  # what was held is what the call used (characters, ...)
-            else:
-                completion = await count_text(call.model, result.text())
-                usage = Usage.tokens(call.prompt_tokens, completion, counted=True)
-            if usage.counted:  # speech's characters are exact, not a count by the gateway
-                self.recorder.metrics.usage_counted(endpoint=req.endpoint)
-        call.prompt_tokens, call.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        usage = await billed_usage(result.usage, call, self.recorder, text=result.text, units=req.units)
         charge: Charge | None = None
         headers: dict[str, str] = {}
         if hold is not None:

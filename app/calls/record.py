@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+from app.billing.estimate import count_text
 from app.errors import GatewayError
 from app.observability.metrics import Metrics
 from app.observability.tracing import LLMTracer
+from app.usage import Usage
 
 if TYPE_CHECKING:
     from app.ratelimit import RateLimiter
@@ -32,6 +35,31 @@ class CallRecord:
     deployment_id: str | None = None
     provider: str = "unknown"
     cost: Decimal | None = None
+
+
+async def billed_usage(
+    reported: Usage | None,
+    call: CallRecord,
+    recorder: Recorder,
+    *,
+    text: Callable[[], str],
+    units: Usage | None = None,
+) -> Usage:
+    """What a call is charged on: the provider's usage, else the held units, else a count.
+
+    LiteLLM reports 0s for "no usage"; a call billed by its units may report no tokens.
+    """
+    usage = reported
+    if usage is None or (usage.prompt_tokens == 0 and not usage.has_units):
+        if units is not None:
+            usage = units  # what was held is what the call used (characters, ...)
+        else:
+            completion = await count_text(call.model, text())
+            usage = Usage.tokens(call.prompt_tokens, completion, counted=True)
+        if usage.counted:  # speech's characters are exact, not a count by the gateway
+            recorder.metrics.usage_counted(endpoint=call.endpoint)
+    call.prompt_tokens, call.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+    return usage
 
 
 class Recorder:

@@ -17,10 +17,9 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from app.billing.estimate import count_text
 from app.billing.service import BillingService, Hold
 from app.calls.drain import Drain
-from app.calls.record import CallRecord, Recorder
+from app.calls.record import CallRecord, Recorder, billed_usage
 from app.errors import UpstreamUnavailable
 from app.llm.results import CompletionStream
 from app.llm.router import translate_error
@@ -58,7 +57,7 @@ async def metered(
                 outcome = "length"
                 log.warning("stream outgrew its hold: cut", extra={"billing_request": call.request_id})
                 await _close(stream)
-                yield _within_limit(stream, block, meter.events - limit)
+                yield stream.without_last_content(block, meter.events - limit)
                 meter.events = limit
                 yield stream.cut()
                 break
@@ -99,12 +98,7 @@ async def metered(
 async def _settle(
     stream: CompletionStream, call: CallRecord, hold: Hold | None, billing: BillingService, recorder: Recorder
 ) -> Usage:
-    usage = stream.meter.usage
-    if usage is None or usage.prompt_tokens == 0:
-        completion = await count_text(call.model, stream.generated_text())
-        usage = Usage.tokens(call.prompt_tokens, completion, counted=True)
-        recorder.metrics.usage_counted(endpoint=call.endpoint)
-    call.prompt_tokens, call.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+    usage = await billed_usage(stream.meter.usage, call, recorder, text=stream.generated_text)
     if hold is not None:
         call.cost = (await billing.settle(hold, usage, deployment_id=call.deployment_id)).cost
     return usage
@@ -116,27 +110,6 @@ async def _settle_dropped(
     """Charge a dropped stream for the prompt and the completion generated so far."""
     await _settle(stream, call, hold, billing, recorder)
     recorder.finished(call, "client_closed")
-
-
-def _within_limit(stream: CompletionStream, block: bytes, excess: int) -> bytes:
-    """The block without its last `excess` content events (and what follows them).
-
-    A stream whose blocks mix content events with others (named-event protocols) says where
-    its content events are (`without_last_content`); in chat's every event is content.
-    """
-    trim = getattr(stream, "without_last_content", None)
-    if trim is not None:
-        kept: bytes = trim(block, excess)
-        return kept
-    return _first_events(block, block.count(b"\n\n") - excess)
-
-
-def _first_events(block: bytes, keep: int) -> bytes:
-    """The first `keep` SSE events of a block."""
-    if keep <= 0:
-        return b""
-    events = block.split(b"\n\n")[:keep]
-    return b"\n\n".join(events) + b"\n\n"
 
 
 async def _close(stream: CompletionStream) -> None:

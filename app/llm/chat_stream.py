@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 
 from app.errors import GatewayError, UpstreamError, sse_error_event
-from app.llm.results import StreamMeter, money_fragment
+from app.llm.results import StreamMeter, first_events, money_fragment, openai_usage
 from app.usage import Usage
 
 DONE = b"data: [DONE]\n\n"
@@ -24,17 +24,6 @@ DONE = b"data: [DONE]\n\n"
 # so text that merely mentions usage never matches.
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 _DATA = b"data: "
-
-
-def _openai_usage(usage: Usage, cost: Decimal | None) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-    }
-    if cost is not None:
-        out["cost"] = money_fragment(cost)
-    return out
 
 
 def _delta_texts(chunk: dict[str, Any], out: list[str]) -> None:
@@ -82,13 +71,16 @@ class _ChatStreamBase:
         chunk = dict(self._usage_chunk) if self._usage_chunk is not None else self._template()
         chunk["choices"] = []
         reported = chunk.get("usage")
-        chunk["usage"] = dict(reported) if isinstance(reported, dict) else _openai_usage(usage, None)
+        chunk["usage"] = dict(reported) if isinstance(reported, dict) else openai_usage(usage)
         if cost is not None:
             chunk["usage"]["cost"] = money_fragment(cost)
         return _DATA + orjson.dumps(chunk) + b"\n\n" + DONE
 
     def error_event(self, error: GatewayError) -> bytes:
         return sse_error_event(error)
+
+    def without_last_content(self, block: bytes, drop: int) -> bytes:
+        return first_events(block, block.count(b"\n\n") - drop)
 
     def cut(self) -> bytes:
         chunk = self._template()

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from app.errors import GatewayError, UpstreamError, sse_error_event
-from app.llm.results import StreamMeter, money_fragment
+from app.llm.results import StreamMeter, first_events, money_fragment, openai_usage
 from app.usage import Usage
 
 DONE = b"data: [DONE]\n\n"
@@ -77,15 +77,14 @@ class TextCompletionStream:
     def finish(self, usage: Usage, cost: Decimal | None, *, wants_usage: bool) -> bytes:
         if not wants_usage:
             return DONE
-        reported: dict[str, Any] = {
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-        }
+        reported = openai_usage(usage)
         if cost is not None:
             reported["cost"] = money_fragment(cost)
         chunk = {**self._base, "choices": [], "usage": reported}
         return _DATA + orjson.dumps(chunk) + b"\n\n" + DONE
+
+    def without_last_content(self, block: bytes, drop: int) -> bytes:
+        return first_events(block, block.count(b"\n\n") - drop)
 
     def cut(self) -> bytes:
         choice = {"text": "", "index": 0, "logprobs": None, "finish_reason": "length"}

@@ -55,6 +55,7 @@ class Completion:
 
 
 def openai_usage(usage: Usage) -> dict[str, Any]:
+    """OpenAI's usage object for usage the gateway knows (counted, or from another shape)."""
     return {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
@@ -101,4 +102,15 @@ class CompletionStream(Protocol):
         """A failure after the stream started, as this protocol's error event."""
         ...
 
+    def without_last_content(self, block: bytes, drop: int) -> bytes:
+        """The block without its last `drop` content events (a stream cut at its hold)."""
+        ...
+
     async def aclose(self) -> None: ...
+
+
+def first_events(block: bytes, keep: int) -> bytes:
+    """The first `keep` SSE events of a block (for protocols where every event is content)."""
+    if keep <= 0:
+        return b""
+    return b"\n\n".join(block.split(b"\n\n")[:keep]) + b"\n\n"
