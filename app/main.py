@@ -65,6 +65,7 @@ from app.errors import (
 )
 from app.llm.fastpath import DirectCaller, close_session
 from app.llm.router import LLMService, apply_litellm_settings, build_router
+from app.hotlane import GatewayApp
 from app.middleware import GatewayMiddleware
 from app.observability.logging import configure_logging
 from app.observability.metrics import Metrics
@@ -344,7 +345,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics(
         enabled=settings.PROMETHEUS_ENABLED, multiproc_dir=settings.PROMETHEUS_MULTIPROC_DIR or None
     )
-    app = FastAPI(
+    app = GatewayApp(
         title="LLM Gateway",
         version="1.0.0",
         lifespan=_lifespan(settings, metrics),
@@ -361,6 +362,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(dashboard.router)
     for module in (completions, images, audio, moderations, rerank):
         app.include_router(module.router)
+    # The model-call routes skip FastAPI's router on the way in (app/hotlane.py).
+    app.serve_directly(chat.router, embeddings.router, responses.router, messages.router)
+    app.serve_directly(completions.router, images.router, audio.router, moderations.router, rerank.router)
     _install_error_handlers(app)
     if settings.ALLOWED_HOSTS and settings.ALLOWED_HOSTS != ["*"]:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.ALLOWED_HOSTS)

@@ -229,7 +229,8 @@ class JsonAccessUvicornWorker(UvicornWorker):  # type: ignore[misc]
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
-        self.wsgi: ASGIApp = _AccessLog(self.wsgi, self.log)
+        if self.cfg.accesslog:  # with the access log off, the wrapper would be pure cost
+            self.wsgi: ASGIApp = _AccessLog(self.wsgi, self.log)
 
 
 worker_class = JsonAccessUvicornWorker

@@ -104,6 +104,31 @@ def ensure_multiprocess_values() -> None:
     # prometheus_client reads the environment variable once, at import. The gunicorn master
     # imports this module (for the hooks above) before it exports the variable, and workers
     # inherit that already-imported module; this applies the same choice the import would
-    # have made had the variable been set in time.
-    if not getattr(values.ValueClass, "_multiprocess", False):
-        values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+    # have made had the variable been set in time. When the import did make it, its class is
+    # swapped for one with a cheaper process id, as long as no value of this process exists yet
+    # (each would keep its own handle on this process's files).
+    current = values.ValueClass
+    if getattr(current, "_gateway", False):
+        return
+    if getattr(current, "_multiprocess", False) and _files_of_this_process():
+        return
+    value_class = values.MultiProcessValue(_process_id)  # type: ignore[no-untyped-call]
+    value_class._gateway = True
+    values.ValueClass = value_class
+
+
+def _files_of_this_process() -> bool:
+    path = os.environ.get(ENV_VAR)
+    return bool(path and glob.glob(os.path.join(path, f"*_{os.getpid()}.db")))
+
+
+# prometheus_client asks for the process id on every increment, to notice a fork; a getpid
+# system call each time, a dozen or more per request. This answers from memory, and a fork
+# (the only way the id changes) refreshes it in the child before any of its code runs.
+_pid = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
+
+
+def _process_id() -> int:
+    """This process's id, as prometheus_client's MultiProcessValue asks for it."""
+    return _pid[0]

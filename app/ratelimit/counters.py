@@ -73,9 +73,19 @@ class RedisCounter:
         ]
         return values[0] == 1, usage
 
-    async def add(self, bucket: Bucket, amount: int) -> None:
-        """Add to a bucket (tokens after a call), starting its window if it is new."""
-        await self._storage.incr(bucket.key, bucket.item.get_expiry(), amount)
+    async def add(self, added: dict[str, tuple[Bucket, int]]) -> None:
+        """Add to buckets (tokens after calls), starting windows that are new; one round trip.
+
+        One pipeline of limits' own incr-and-expire script, one command per bucket, so each
+        command touches one user's keys only (a Redis cluster splits the pipeline by slot).
+        """
+        bridge = self._storage.bridge
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key, (bucket, amount) in added.items():
+                await bridge.lua_incr_expire(
+                    keys=[bridge.prefixed_key(key)], args=[bucket.item.get_expiry(), amount], client=pipe
+                )
+            await pipe.execute()
 
 
 class MemoryCounter:
@@ -103,6 +113,7 @@ class MemoryCounter:
             usage.append(Usage(b.item.amount - stats.remaining, _reset_in(b, stats.reset_time - now)))
         return allowed, usage
 
-    async def add(self, bucket: Bucket, amount: int) -> None:
-        """Add to a bucket, starting its window if it is new."""
-        await self.storage.incr(bucket.key, bucket.item.get_expiry(), amount)
+    async def add(self, added: dict[str, tuple[Bucket, int]]) -> None:
+        """Add to buckets, starting windows that are new."""
+        for key, (bucket, amount) in added.items():
+            await self.storage.incr(key, bucket.item.get_expiry(), amount)

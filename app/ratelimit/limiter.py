@@ -45,6 +45,9 @@ REDIS_TIMEOUT_S = 0.25
 PROBE_INTERVAL_S = 1.0
 # Bounds the per-worker map from a user to their token bucket (filled by check, read after calls).
 MAX_TOKEN_BUCKETS = 100_000
+# Finished calls' tokens are added to Redis together, at most this long after the call ended:
+# one round trip for every call that ended meanwhile instead of one per call.
+TOKEN_FLUSH_S = 0.01
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -90,6 +93,8 @@ class RateLimiter:
         self._probe: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self._token_buckets: dict[str, Bucket] = {}
+        self._unsent: dict[str, tuple[Bucket, int]] = {}  # bucket key -> (bucket, tokens to add)
+        self._flush_due: asyncio.TimerHandle | None = None
 
     @classmethod
     async def create(cls, settings: Settings, metrics: Metrics) -> RateLimiter:
@@ -159,7 +164,7 @@ class RateLimiter:
         self._metrics.rate_limit(outcome="allowed" if shared else "degraded")
 
     def record_tokens(self, user_id: str, tokens: int) -> None:
-        """Count a finished call's tokens against the user's token limit, in the background."""
+        """Count a finished call's tokens against the user's token limit, within TOKEN_FLUSH_S."""
         bucket = self._token_buckets.get(user_id)
         if bucket is None or tokens <= 0:
             return
@@ -167,7 +172,16 @@ class RateLimiter:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # not on the event loop: nothing to schedule the write on
             return
-        task = loop.create_task(self._add_tokens(bucket, tokens))
+        key = bucket.key
+        earlier = self._unsent.get(key)
+        self._unsent[key] = (bucket, tokens + (earlier[1] if earlier else 0))
+        if self._flush_due is None:
+            self._flush_due = loop.call_later(TOKEN_FLUSH_S, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_due = None
+        added, self._unsent = self._unsent, {}
+        task = asyncio.get_running_loop().create_task(self._add_tokens(added))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
@@ -184,6 +198,9 @@ class RateLimiter:
 
     async def close(self) -> None:
         """Let token writes finish (briefly), stop the probe and the memory timer, close Redis."""
+        if self._flush_due is not None:
+            self._flush_due.cancel()
+            self._flush()
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=2 * REDIS_TIMEOUT_S)
         tasks = [t for t in (*self._pending, self._probe, self._memory.storage.timer) if t and not t.done()]
@@ -228,14 +245,14 @@ class RateLimiter:
             self._down(exc)
             return None
 
-    async def _add_tokens(self, bucket: Bucket, tokens: int) -> None:
+    async def _add_tokens(self, added: dict[str, tuple[Bucket, int]]) -> None:
         if self._shared and self._redis is not None:
             try:
-                await self._redis.add(bucket, tokens)
+                await self._redis.add(added)
                 return
             except Exception as exc:
                 self._down(exc)
-        await self._memory.add(bucket, tokens)
+        await self._memory.add(added)
 
     def _down(self, exc: BaseException) -> None:
         """Switch to memory limits: logged once per outage, not once per call."""
