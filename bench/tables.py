@@ -300,7 +300,10 @@ def _method(data: dict[str, Any]) -> str:
   build/start-server.js --port=N --headless`: no UI; `NODE_ENV=production`), with no config: each
   request names the provider (`x-portkey-provider: openai`, `anthropic` for Messages) and its
   URL (`x-portkey-custom-host`: the fake provider) in headers and carries the provider's key;
-  the model is the provider's model string, as for direct calls.
+  the model is the provider's model string, as for direct calls. It is installed with npm into
+  `bench/.portkey/` with its HTTP stack (`hono`, `@hono/node-server`, `@hono/node-ws`) at the
+  versions of the gateway's own lock file (a newer `@hono/node-server` breaks its streams), and
+  made to listen on 127.0.0.1 only (a `node --import` preload; it has no host option).
 - **Requests.** `POST /v1/chat/completions` with one short user message, `stream` false or true,
   no other parameters; the same bytes every time. Direct calls send the provider's model string.
 - **Load.** N connections (aiohttp, keep-alive), each sending its next request as soon as the
@@ -320,8 +323,8 @@ def _method(data: dict[str, Any]) -> str:
   (gunicorn master and worker; the proxy's single uvicorn process; Portkey's Node process, its
   libuv and V8 threads included), read just before and just after the measured phase (10 ms
   tick resolution), divided by completed requests. **CPU per chunk** = (CPU per stream with
-  {targets.STREAM_CHUNKS} chunks - CPU per stream with 1 chunk) / {targets.STREAM_CHUNKS - 1}, both at
-  16 connections.
+  {targets.STREAM_CHUNKS} chunks - CPU per stream with 1 chunk) / {targets.STREAM_CHUNKS - 1}, both
+  at 16 connections.
 - **Core 0 check.** The load generator's own CPU (`os.times()`) and the fake provider's (its
   `/proc` tree) as a share of wall time; a figure above {CORE0_BUSY:.0%} is printed in bold: there
   the client side, not the server, may limit throughput."""
