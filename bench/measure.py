@@ -7,7 +7,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bench import loadgen, procs, report, targets
@@ -74,13 +74,14 @@ SCENARIOS = [
 # own MCP and audio extras, and a config of their own).
 CHAT_ONLY_TARGETS = ("litellm-proxy",)
 
-TARGET_ORDER = ["direct", "gateway", "gateway-nosync", "litellm-proxy"]
+TARGET_ORDER = ["direct", "gateway", "gateway-nosync", "litellm-proxy", "portkey"]
 
 TARGET_LABEL = {
     "direct": "direct",
     "gateway": "gateway",
     "gateway-nosync": "gateway, Postgres `synchronous_commit=off` (diagnostic)",
     "litellm-proxy": "LiteLLM proxy",
+    "portkey": "Portkey gateway",
 }
 # The diagnostic variant runs only where latency, not throughput, is the question.
 NOSYNC_SCENARIOS = ("json-c1", "stream-c1")
@@ -143,6 +144,9 @@ async def measure(
     spec = RequestSpec.for_protocol(
         sc.protocol, target.base, target.key, target.models[sc.model], stream=sc.stream
     )
+    extra = {**target.headers, **target.protocol_headers.get(sc.protocol, {})}
+    if extra:
+        spec = replace(spec, headers={**spec.headers, **extra})
     async with loadgen.new_session(sc.conns) as session:
         if warmup > 0:
             await loadgen.run_phase(session, [spec], conns=sc.conns, duration=warmup)

@@ -23,7 +23,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import procs, report, targets  # noqa: E402
+from bench import portkey, procs, report, targets  # noqa: E402
 from bench.measure import (  # noqa: E402
     CLIENT_CPUS,
     NOSYNC_SCENARIOS,
@@ -57,6 +57,13 @@ def run_bench(args: argparse.Namespace) -> int:
                 notes["litellm-proxy"] = [
                     f"**not measured**: installing {targets.PROXY_REQUIREMENT} failed ({exc})"
                 ]
+        portkey_ready = False
+        if not args.skip_portkey:
+            try:
+                portkey.ensure_portkey()
+                portkey_ready = True
+            except Exception as exc:  # reported; the other targets still run
+                notes["portkey"] = [f"**not measured**: installing {portkey.PORTKEY_PACKAGE} failed ({exc})"]
         print(f"work dir {work}; warm-up {warmup:g} s, measured {duration:g} s per scenario", flush=True)
         fake, fake_child = targets.start_fake(processes, work, cpus=CLIENT_CPUS)
         print(f"fake provider {fake.base} (core 0)", flush=True)
@@ -115,6 +122,21 @@ def run_bench(args: argparse.Namespace) -> int:
                 run_target(px, fake_root=fake_child.pid, warmup=warmup, duration=duration, results=results)
                 assert px.child is not None
                 processes.stop(px.child)
+
+        if portkey_ready:
+            try:
+                pk = portkey.start_portkey(
+                    processes, work, api_base=fake.base, port=free_port(), cpus=SERVER_CPUS
+                )
+            except Exception as exc:
+                notes["portkey"] = [f"**not measured**: Portkey's gateway did not start ({exc})"[:500]]
+                print(notes["portkey"][0], flush=True)
+            else:
+                notes["portkey"] = pk.notes
+                print(f"portkey {pk.base} (core 1)", flush=True)
+                run_target(pk, fake_root=fake_child.pid, warmup=warmup, duration=duration, results=results)
+                assert pk.child is not None
+                processes.stop(pk.child)
     finally:
         processes.stop_all()
         for db in databases:
@@ -135,6 +157,7 @@ def run_bench(args: argparse.Namespace) -> int:
         "machine": report.machine(),
         "versions": report.versions(),
         "proxy_versions": targets.proxy_versions(),
+        "portkey_versions": portkey.portkey_versions(),
         "revision": report.git_revision(),
         "notes": notes,
         "results": results,
@@ -296,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds per scenario (default 10)")
     ap.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per scenario (default 2)")
     ap.add_argument("--skip-proxy", action="store_true", help="do not measure LiteLLM's proxy")
+    ap.add_argument("--skip-portkey", action="store_true", help="do not measure Portkey's gateway")
     ap.add_argument("--out", type=Path, help="markdown file to update (default docs/PERFORMANCE.md)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (configs and server logs)")
     ap.add_argument(

@@ -94,6 +94,8 @@ def render_bench(data: dict[str, Any]) -> str:
             "- LiteLLM proxy (`bench/.venv-litellm-proxy`): "
             + ", ".join(f"{k} {val}" for k, val in pv.items())
         )
+    if kv := data.get("portkey_versions"):
+        add("- Portkey gateway (`bench/.portkey/`): " + ", ".join(f"{k} {val}" for k, val in kv.items()))
     for t in present + [t for t in data["notes"] if t not in present]:
         for note in data["notes"].get(t, []):
             add(f"- {TARGET_LABEL.get(t, t)}: {note}")
@@ -293,7 +295,15 @@ def _method(data: dict[str, Any]) -> str:
   ({models}), each with `api_base` the fake provider and the same `model_info` (per-token
   prices and `max_output_tokens: 4096`: without a cap the gateway holds the caller's whole
   balance for a call that sets no `max_tokens`, so one user's calls could not overlap), and the
-  same `router_settings` (simple-shuffle, `num_retries: 2`).
+  same `router_settings` (simple-shuffle, `num_retries: 2`). *Portkey gateway*: Portkey's
+  open-source gateway (`@portkey-ai/gateway` from npm) on Node, its own server (`node
+  build/start-server.js --port=N --headless`: no UI; `NODE_ENV=production`), with no config: each
+  request names the provider (`x-portkey-provider: openai`, `anthropic` for Messages) and its
+  URL (`x-portkey-custom-host`: the fake provider) in headers and carries the provider's key;
+  the model is the provider's model string, as for direct calls. It is installed with npm into
+  `bench/.portkey/` with its HTTP stack (`hono`, `@hono/node-server`, `@hono/node-ws`) at the
+  versions of the gateway's own lock file (a newer `@hono/node-server` breaks its streams), and
+  made to listen on 127.0.0.1 only (a `node --import` preload; it has no host option).
 - **Requests.** `POST /v1/chat/completions` with one short user message, `stream` false or true,
   no other parameters; the same bytes every time. Direct calls send the provider's model string.
 - **Load.** N connections (aiohttp, keep-alive), each sending its next request as soon as the
@@ -310,10 +320,11 @@ def _method(data: dict[str, Any]) -> str:
   core fully given to the server would do, which other processes on the machine barely change.
   The 5x target is judged on both.
 - **CPU** = utime + stime from `/proc/<pid>/stat` of every process in the server's process tree
-  (gunicorn master and worker; the proxy's single uvicorn process), read just before and just
-  after the measured phase (10 ms tick resolution), divided by completed requests. **CPU per
-  chunk** = (CPU per stream with {targets.STREAM_CHUNKS} chunks - CPU per stream with 1 chunk) /
-  {targets.STREAM_CHUNKS - 1}, both at 16 connections.
+  (gunicorn master and worker; the proxy's single uvicorn process; Portkey's Node process, its
+  libuv and V8 threads included), read just before and just after the measured phase (10 ms
+  tick resolution), divided by completed requests. **CPU per chunk** = (CPU per stream with
+  {targets.STREAM_CHUNKS} chunks - CPU per stream with 1 chunk) / {targets.STREAM_CHUNKS - 1}, both
+  at 16 connections.
 - **Core 0 check.** The load generator's own CPU (`os.times()`) and the fake provider's (its
   `/proc` tree) as a share of wall time; a figure above {CORE0_BUSY:.0%} is printed in bold: there
   the client side, not the server, may limit throughput."""

@@ -71,6 +71,8 @@ class Target:
     child: Child | None = None
     notes: list[str] = field(default_factory=list)
     database: str | None = None  # the gateway's Postgres database, whose backends' CPU is counted
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every request (Portkey's routing)
+    protocol_headers: dict[str, dict[str, str]] = field(default_factory=dict)  # per protocol, over those
 
     @property
     def root_pid(self) -> int | None:
