@@ -232,8 +232,8 @@ def _rss_table(data: dict[str, Any]) -> list[str]:
 
 
 def _stream_table(data: dict[str, Any]) -> list[str]:
-    header = ["case", "streams complete", "errors", "open at the top step", "server CPU", "core 0 CPU",
-              "open files idle / top / closed"]  # fmt: skip
+    header = ["case", "streams complete", "errors", "open at the top step", "worker CPU there",
+              "core 0 CPU there", "open files idle / top / closed"]  # fmt: skip
     rows = []
     for record in data["records"]:
         if "rounds" not in record:
@@ -254,6 +254,13 @@ def _stream_table(data: dict[str, Any]) -> list[str]:
     return [report.table(header, rows)]
 
 
+def _marginal_kib(record: dict[str, Any], name: str) -> float | None:
+    """KiB per stream added between the first step and the last of the first round."""
+    first, last = record["rounds"][0]["steps"][0], _top(record)
+    more = last["open"] - first["open"]
+    return (last["rss"][name] - first["rss"][name]) / more / 1024 if more > 0 else None
+
+
 def _findings(data: dict[str, Any]) -> list[str]:
     gw, direct = _record(data, "gateway"), _record(data, "direct")
     out = []
@@ -261,15 +268,24 @@ def _findings(data: dict[str, Any]) -> list[str]:
         top, idle = _top(gw), gw["idle"]["rss"]["worker"]
         added = top["rss"]["worker"] - idle
         kept = [r["after"]["rss"]["worker"] - idle for r in gw["rounds"]]
+        pooled = gw["rounds"][0]["after"]["fds"]["worker"] - gw["idle"]["fds"]["worker"]
         line = (
             f"- **Gateway**: the worker's RSS grows by {_mib(added)} MiB with {top['open']:,} streams open, "
-            f"{report.num(per_stream_kib(gw, top, 'worker'), '.1f')} KiB per stream; once all have closed "
-            f"it is {_mib(kept[0])} MiB above idle"
+            f"{report.num(per_stream_kib(gw, top, 'worker'), '.1f')} KiB per stream (between the first "
+            f"step and the last, {report.num(_marginal_kib(gw, 'worker'), '.1f')} KiB per added stream); "
+            f"once all have closed it is {_mib(kept[0])} MiB above idle"
         )
         if added > 0:
             line += f" ({kept[0] / added:.0%} of what the streams added stays)"
+        line += (
+            f", with {pooled} more open files than idle: idle keep-alive connections to the provider, "
+            "which the worker's pool keeps for 60 s"
+        )
         if len(kept) > 1:
-            line += f"; after a second round of {gw['rounds'][1]['streams']:,}: {_mib(kept[1])} MiB"
+            line += (
+                f". After a second round of {gw['rounds'][1]['streams']:,} streams it is "
+                f"{_mib(kept[1])} MiB above idle"
+            )
         out.append(line + ".")
     if direct is not None:
         top = _top(direct)
@@ -278,30 +294,46 @@ def _findings(data: dict[str, Any]) -> list[str]:
             f"{report.num(per_stream_kib(direct, top, 'fake'), '.1f')} KiB each; the load generator "
             f"{report.num(per_stream_kib(direct, top, 'client'), '.1f')} KiB each."
         )
+    for record in data["records"]:
+        samples = [x for r in record.get("rounds", []) for x in r["error_samples"]]
+        samples += record.get("warm_error_samples", [])
+        if samples:
+            out.append(f"- errors in {record['target']}, e.g. `{samples[0]}`")
     return out
+
+
+def _method(data: dict[str, Any]) -> list[str]:
+    plan, delay = data["plan"], data["chunk_delay_ms"] / 1000
+    *first, last = [f"{n:,}" for n in plan["levels"]]
+    levels = f"{', '.join(first)} and then {last}" if first else last
+    second = f", then a second round of {last}" if plan["second_round"] else ""
+    return [
+        f"- **Streams.** `{MODEL}` (`openai/{targets.MODELS[MODEL]}`) with `max_tokens: {plan['chunks']}`: "
+        f"the fake provider waits {delay:g} s before each of {plan['chunks']} chunks, so a stream stays "
+        f"open {plan['chunks'] * delay:g} s and 1,000 open streams carry about {1000 / delay:,.0f} "
+        "chunks/s. At 50 ms between chunks that would be 20,000 chunks/s, more than core 0 (load "
+        "generator and fake provider) can drive, and the gateway would be measured saturated instead "
+        "of holding streams.",
+        f"- **Steps.** Each stream is a connection of its own, opened at {plan['open_rate']:g} per second "
+        f"until {levels} are open at once{second}; a stream counts as open from its first content chunk. "
+        f"At each step, {SETTLE:g} s after all its streams are open, RSS is the median of {READINGS} "
+        f"readings of `VmRSS` {READING_GAP:g} s apart, CPU a share of a core over that time. *Idle*: "
+        f"after 20 one-chunk streams warmed the path; *all closed*: {AFTER_SETTLE:g} s after the last "
+        "stream ended. In brackets: (RSS - idle RSS) / open streams.",
+        "- **Cases.** *direct*: the same streams straight to the fake provider; *gateway*: a gateway of "
+        "its own, set up as above (fresh database), after the direct case (so the fake provider's own "
+        "memory for them is already there).",
+    ]
 
 
 def render(data: dict[str, Any] | None) -> list[str]:
     """The subsection of the bench section (nothing if this was not measured)."""
     if not data:
         return []
-    plan = data["plan"]
-    levels = ", ".join(f"{n:,}" for n in plan["levels"])
     lines = [
         "#### Memory per concurrent open stream",
         "",
-        f"Streams of `{MODEL}` (`openai/{targets.MODELS[MODEL]}`, `max_tokens: {plan['chunks']}`): the fake "
-        f"provider waits {data['chunk_delay_ms'] / 1000:g} s before each of {plan['chunks']} chunks, so a "
-        f"stream stays open {plan['chunks'] * data['chunk_delay_ms'] / 1000:g} s and 1,000 open streams "
-        "carry about 1,000 chunks/s (at 50 ms between chunks it would be 20,000 chunks/s, more than core 0, "
-        "load generator and fake provider together, can drive: the gateway would be measured saturated, not "
-        f"holding streams). Each stream is a connection of its own, opened at {plan['open_rate']:g} per "
-        f"second until {levels} are open at once; at each step, {SETTLE:g} s after the last one opened "
-        f"(first content chunk), RSS is the median of {READINGS} readings of `VmRSS` "
-        f"{READING_GAP:g} s apart, and CPU the share of a core over that time. *Idle*: after 20 one-chunk "
-        f"streams warmed the path; *all closed*: {AFTER_SETTLE:g} s after the last stream ended. *direct*: "
-        "the same streams straight to the fake provider; *gateway*: a gateway of its own, set up as above "
-        "(fresh database). In brackets: (RSS - idle RSS) / open streams.",
+        *_method(data),
         "",
         *_rss_table(data),
         "",
