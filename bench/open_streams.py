@@ -60,7 +60,7 @@ class Tally:
             self.error_samples.append(what[:300])
 
 
-def raise_fd_limit(wanted: int = FD_WANTED) -> tuple[int, int]:
+def raise_fd_limit(wanted: int = FD_WANTED) -> None:
     """Raise this process's soft open-file limit towards `wanted` (never past the hard one).
 
     Called before any server starts, so the fake provider and the gateway inherit it.
@@ -69,8 +69,6 @@ def raise_fd_limit(wanted: int = FD_WANTED) -> tuple[int, int]:
     ceiling = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     if soft != resource.RLIM_INFINITY and soft < ceiling:
         resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
-        soft = ceiling
-    return soft, hard
 
 
 def fd_limit(pid: int) -> int:
@@ -83,6 +81,7 @@ def fd_limit(pid: int) -> int:
 
 
 def fd_count(pid: int) -> int:
+    """How many files (sockets included) a process has open."""
     try:
         return len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
@@ -92,18 +91,20 @@ def fd_count(pid: int) -> int:
 def fd_shortfall(pids: dict[str, int], streams: int) -> str | None:
     """Why `streams` streams cannot be held open by these processes, or None if they can."""
     sockets = {"worker": 2 * streams, "fake": streams, "client": streams}  # the worker: in and out
-    short = [
-        f"{LABEL[name]} (pid {pid}) may open {fd_limit(pid)} files, needs {sockets[name] + FD_MARGIN}"
+    short = {
+        name: f"{LABEL[name]} (pid {pid}) may open {fd_limit(pid)} files, needs {sockets[name] + FD_MARGIN}"
         for name, pid in pids.items()
         if fd_limit(pid) < sockets[name] + FD_MARGIN
-    ]
+    }
     if not short:
         return None
-    return (
-        "**not measured**: open-file limit too low: " + "; ".join(short) + ". The gateway inherits the "
-        "limit of whatever starts gunicorn (`deployments/gunicorn.conf.py` sets none; the systemd unit "
-        "sets `LimitNOFILE=65536`)"
-    )
+    why = "**not measured**: open-file limit too low: " + "; ".join(short.values())
+    if "worker" in short:
+        why += (
+            ". The gateway inherits the limit of whatever starts gunicorn (`deployments/gunicorn.conf.py` "
+            "sets none; the systemd unit sets `LimitNOFILE=65536`)"
+        )
+    return why
 
 
 def new_session() -> aiohttp.ClientSession:
