@@ -3,6 +3,7 @@
     .venv/bin/python bench/run.py              # full benchmark (~4 minutes), updates docs/PERFORMANCE.md
     .venv/bin/python bench/run.py --quick      # ~1 minute smoke run, prints tables, writes nothing
     .venv/bin/python bench/run.py --soak 600   # steady load on the gateway, updates the soak section
+    .venv/bin/python bench/run.py --only-memory --quick   # memory per open stream only, writes nothing
 
 Only 127.0.0.1 is used. Every process started here runs in its own process group and is stopped
 on exit, on failure and on Ctrl-C.
@@ -23,7 +24,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import portkey, procs, report, targets  # noqa: E402
+from bench import open_streams, portkey, procs, report, streams_memory, targets  # noqa: E402
 from bench.measure import (  # noqa: E402
     CLIENT_CPUS,
     NOSYNC_SCENARIOS,
@@ -44,6 +45,7 @@ def run_bench(args: argparse.Namespace) -> int:
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="llm-gateway-bench-"))
     processes = procs.Processes()
+    memory: dict[str, Any] | None = None
     database: str | None = None
     databases: list[str | None] = []
     results: list[dict[str, Any]] = []
@@ -79,6 +81,10 @@ def run_bench(args: argparse.Namespace) -> int:
         run_target(gw, fake_root=fake_child.pid, warmup=warmup, duration=duration, results=results)
         assert gw.child is not None
         processes.stop(gw.child)
+
+        # --- memory per concurrent open stream (bench/streams_memory.py; a gateway of its own) ---
+        if not args.skip_memory:
+            memory = streams_memory.run(processes, work, fake=fake, fake_child=fake_child, quick=args.quick)
 
         if database and not args.quick:
             nosync_db = targets.create_database(synchronous_commit=False)
@@ -162,6 +168,7 @@ def run_bench(args: argparse.Namespace) -> int:
         "notes": notes,
         "results": results,
         "other_before": idle_before,
+        "streams_memory": memory,
     }
     section = render_bench(data)
     print()
@@ -173,7 +180,7 @@ def run_bench(args: argparse.Namespace) -> int:
         report.write(out, {"bench": section, "targets": render_targets(data, soak)})
         print(f"wrote {out}")
     print(f"benchmark took {elapsed:.0f} s")
-    errors = sum(r["errors"] for r in results)
+    errors = sum(r["errors"] for r in results) + streams_memory.errors(memory)
     return 1 if errors else 0
 
 
@@ -320,6 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per scenario (default 2)")
     ap.add_argument("--skip-proxy", action="store_true", help="do not measure LiteLLM's proxy")
     ap.add_argument("--skip-portkey", action="store_true", help="do not measure Portkey's gateway")
+    ap.add_argument("--skip-memory", action="store_true", help="do not measure memory per open stream")
+    ap.add_argument(
+        "--only-memory", action="store_true", help="only measure memory per open stream; writes nothing"
+    )
     ap.add_argument("--out", type=Path, help="markdown file to update (default docs/PERFORMANCE.md)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (configs and server logs)")
     ap.add_argument(
@@ -340,7 +351,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.sched_setaffinity(0, CLIENT_CPUS)  # the load generator; children are pinned explicitly
     procs.install_signal_handlers()
+    open_streams.raise_fd_limit()  # before any server starts: they inherit it
     try:
+        if args.only_memory:
+            return streams_memory.run_only(quick=args.quick, keep=args.keep)
         return run_soak(args) if args.soak else run_bench(args)
     except KeyboardInterrupt:
         code = 130

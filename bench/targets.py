@@ -36,6 +36,8 @@ MODELS = {
     "bench-json": "fake+chunks-16",
     "bench-stream": "fake+chunks-200",
     "bench-stream1": "fake+chunks-1",
+    # Memory per open stream (bench/streams_memory.py): 1 s before each chunk, cut by max_tokens.
+    "bench-slow-stream": "fake+chunks-100+chunkdelay-1000",
 }
 # Served by `anthropic/` deployments: the Messages scenarios (Responses ones use the models above).
 ANTHROPIC_MODELS = {
