@@ -113,6 +113,26 @@ async def test_a_zero_limit_switches_the_window_off(limiter: RateLimiter) -> Non
     assert await _allowed(limiter, _user(rpm_limit=0), 10) == 10
 
 
+async def test_tokens_of_calls_that_end_together_all_count(limiter: RateLimiter) -> None:
+    # Written to Redis together (one pipeline per flush), not one round trip per call.
+    principal = _user(tpm_limit=1000)
+    await limiter.check(_request(), principal)
+    for _ in range(50):
+        limiter.record_tokens(principal.user_id, 20)
+    await asyncio.sleep(0.05)
+    quoted = "{" + principal.user_id + "}"
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        used = client.get(f"LIMITS:LIMITER/llm-gateway/user/{quoted}/tokens/1000/1/minute")
+        ttl = client.ttl(f"LIMITS:LIMITER/llm-gateway/user/{quoted}/tokens/1000/1/minute")
+    finally:
+        client.close()
+    assert used == b"1000" and 0 < ttl <= 60
+    with pytest.raises(RateLimited) as caught:
+        await limiter.check(_request(), principal)
+    assert "tokens per minute" in caught.value.message
+
+
 async def test_tokens_are_counted_after_the_call(limiter: RateLimiter) -> None:
     principal = _user(tpm_limit=100)
     await limiter.check(_request(), principal)
