@@ -23,12 +23,14 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-Handler = Callable[[Request, Exception], Awaitable[Response]]
+Handler = Callable[[Request, Any], Response | Awaitable[Response]]
 
 
 def _takes_request_only(route: APIRoute) -> bool:
     """A POST route without path parameters or dependencies whose endpoint takes the Request."""
-    if "POST" not in route.methods or "{" in route.path or route.dependencies or route.dependant.dependencies:
+    if "POST" not in (route.methods or ()) or "{" in route.path:
+        return False
+    if route.dependencies or route.dependant.dependencies:
         return False
     params = list(inspect.signature(route.endpoint).parameters.values())
     return len(params) == 1 and params[0].annotation in (Request, "Request")
@@ -77,7 +79,8 @@ class GatewayApp(FastAPI):
             handler = self._handler_for(exc)
             if handler is None:
                 raise
-            response = await handler(request, exc)
+            answer = handler(request, exc)
+            response = await answer if inspect.isawaitable(answer) else answer
         await response(scope, receive, send)
 
     def _handler_for(self, exc: Exception) -> Handler | None:

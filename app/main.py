@@ -63,9 +63,9 @@ from app.errors import (
     from_store,
     is_anthropic_path,
 )
+from app.hotlane import GatewayApp
 from app.llm.fastpath import DirectCaller, close_session
 from app.llm.router import LLMService, apply_litellm_settings, build_router
-from app.hotlane import GatewayApp
 from app.middleware import GatewayMiddleware
 from app.observability.logging import configure_logging
 from app.observability.metrics import Metrics

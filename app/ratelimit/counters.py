@@ -42,6 +42,16 @@ end
 return out
 """
 
+# limits' incr-and-expire for one bucket: INCRBY, and the window's expiry if the key has none.
+# KEYS[1] is the bucket, ARGV[1] the amount, ARGV[2] the window (s).
+ADD_SCRIPT = """
+local used = redis.call('incrby', KEYS[1], ARGV[1])
+if redis.call('pttl', KEYS[1]) < 0 then
+    redis.call('expire', KEYS[1], ARGV[2])
+end
+return used
+"""
+
 Decision = tuple[bool, list[Usage]]
 
 
@@ -59,6 +69,7 @@ class RedisCounter:
         options: dict[str, Any] = {"connection_pool": client.connection_pool}
         self._storage = RedisStorage("async+" + limits_uri, implementation="redispy", **options)
         self._script = client.register_script(CHECK_SCRIPT)
+        self._add = client.register_script(ADD_SCRIPT)
 
     async def check(self, buckets: list[Bucket]) -> Decision:
         """Count the call in every bucket if all have room; one round trip."""
@@ -76,15 +87,13 @@ class RedisCounter:
     async def add(self, added: dict[str, tuple[Bucket, int]]) -> None:
         """Add to buckets (tokens after calls), starting windows that are new; one round trip.
 
-        One pipeline of limits' own incr-and-expire script, one command per bucket, so each
-        command touches one user's keys only (a Redis cluster splits the pipeline by slot).
+        One pipeline with one script call per bucket, so each command touches one user's keys
+        only (a Redis cluster client splits a pipeline by slot).
         """
-        bridge = self._storage.bridge
+        prefixed = self._storage.bridge.prefixed_key
         async with self.client.pipeline(transaction=False) as pipe:
             for key, (bucket, amount) in added.items():
-                await bridge.lua_incr_expire(
-                    keys=[bridge.prefixed_key(key)], args=[bucket.item.get_expiry(), amount], client=pipe
-                )
+                await self._add(keys=[prefixed(key)], args=[amount, bucket.item.get_expiry()], client=pipe)
             await pipe.execute()
 
 
