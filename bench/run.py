@@ -23,7 +23,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import procs, report, targets  # noqa: E402
+from bench import procs, report, scale, targets  # noqa: E402
 from bench.measure import (  # noqa: E402
     CLIENT_CPUS,
     NOSYNC_SCENARIOS,
@@ -49,6 +49,7 @@ def run_bench(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     notes: dict[str, list[str]] = {}
     proxy_python: Path | None = None
+    scale_data: dict[str, Any] = {}
     try:
         if not args.skip_proxy:
             try:
@@ -101,6 +102,12 @@ def run_bench(args: argparse.Namespace) -> int:
             assert gw2.child is not None
             processes.stop(gw2.child)
 
+        if not args.quick:  # --- scaling, one hot user, the disk's commit cost (bench/scale.py) ---
+            ctx = scale.Context(
+                processes, work, fake, fake_child.pid, False, warmup, duration, results, notes, databases
+            )
+            scale_data = scale.run_scale(ctx)
+
         if proxy_python is not None:
             try:
                 px = targets.start_proxy(
@@ -139,6 +146,7 @@ def run_bench(args: argparse.Namespace) -> int:
         "notes": notes,
         "results": results,
         "other_before": idle_before,
+        **scale_data,
     }
     section = render_bench(data)
     print()
@@ -236,6 +244,7 @@ def render_targets(bench_data: dict[str, Any] | None, soak: dict[str, Any] | Non
                 verdict(None if None in events else max(e for e in events if e is not None) <= 0.00002),
             ]
         )
+        rows += scale.target_rows(bench_data)
     if soak:
         soak = summarize_soak(soak)
         rows.append(
@@ -296,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds per scenario (default 10)")
     ap.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per scenario (default 2)")
     ap.add_argument("--skip-proxy", action="store_true", help="do not measure LiteLLM's proxy")
+    ap.add_argument("--only-scale", action="store_true", help="only the scaling runs (bench/scale.py)")
     ap.add_argument("--out", type=Path, help="markdown file to update (default docs/PERFORMANCE.md)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (configs and server logs)")
     ap.add_argument(
@@ -317,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     os.sched_setaffinity(0, CLIENT_CPUS)  # the load generator; children are pinned explicitly
     procs.install_signal_handlers()
     try:
+        if args.only_scale:
+            return scale.run_only(args)
         return run_soak(args) if args.soak else run_bench(args)
     except KeyboardInterrupt:
         code = 130
