@@ -117,10 +117,12 @@ async def _snapshot(target: targets.Target, fake_root: int) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Load:
-    """What one run sends: to `target` (a gateway of `workers` workers), connection i sends `specs[i % n]`."""
+    """What one run sends: `conns` connections to `target` (a gateway of `workers` workers),
+    connection i sending `specs[i % len(specs)]`."""
 
     target: targets.Target
     specs: Sequence[RequestSpec]
+    conns: int
     workers: int = 1
 
 
@@ -129,14 +131,15 @@ async def _worker_of(session: aiohttp.ClientSession, root: str) -> int:
         return int(orjson.loads(await resp.read())["pid"])
 
 
-async def open_connections(load: Load, conns: int) -> list[aiohttp.ClientSession]:
-    """`conns` one-connection sessions spread evenly over the workers.
+async def open_connections(load: Load) -> list[aiohttp.ClientSession]:
+    """`load.conns` one-connection sessions spread evenly over the workers.
 
     Workers share gunicorn's listening socket, and the first one awake accepts every connection
     opened at once (all of them, with two workers on one core); a connection that lands on a
     worker with its share already is closed and opened again (up to MAX_REDIALS times each).
     """
     root = load.target.base.removesuffix("/v1")
+    conns = load.conns
     quota = -(-conns // load.workers)
     per_worker: dict[int, int] = {}
     sessions: list[aiohttp.ClientSession] = []
@@ -174,7 +177,7 @@ async def _load(
 async def one_round(load: Load, tally: Tally, *, warmup: float, duration: float, fake_root: int) -> None:
     """A warm-up, then `duration` seconds of closed-loop load measured into `tally`."""
     target = load.target
-    sessions = await open_connections(load, tally.conns)
+    sessions = await open_connections(load)
     try:
         if warmup > 0:
             warm, _ = await _load(sessions, load.specs, warmup)
@@ -199,10 +202,10 @@ async def one_round(load: Load, tally: Tally, *, warmup: float, duration: float,
 
 
 async def alternate(
-    loads: dict[str, Load], *, conns: int, rounds: int, warmup: float, duration: float, fake_root: int
+    loads: dict[str, Load], *, rounds: int, warmup: float, duration: float, fake_root: int
 ) -> dict[str, dict[str, Any]]:
     """Each load for `duration` seconds in all, in `rounds` alternating rounds; a summary per load."""
-    tallies = {name: Tally(conns) for name in loads}
+    tallies = {name: Tally(load.conns) for name, load in loads.items()}
     for _ in range(rounds):
         for name, load in loads.items():
             await one_round(

@@ -46,7 +46,9 @@ from bench.scale_report import render, target_rows
 __all__ = ["Context", "render", "run_only", "run_scale", "target_rows"]
 
 BOTH_CPUS = {0, 1}
-WORKER_CONNS = 32  # enough requests in flight to keep two workers busy
+# Connections per worker: as many requests in flight for each worker with 2 as with 1 (the CPU
+# per request falls as an event loop finds more sockets ready per wake-up).
+CONNS_PER_WORKER = 32
 HOT_CONNS = 16
 ROUNDS = 2  # compared loads alternate: A B A B
 
@@ -125,15 +127,12 @@ def run_loads(
     ctx: Context,
     loads: dict[str, phases.Load],
     *,
-    conns: int,
     fake_root: int,
 ) -> dict[str, dict[str, Any]]:
     """`phases.alternate` in ROUNDS rounds of the scaling runs' durations; prints a line per load."""
     warmup, duration = ctx.phase
     out = run_async(
-        lambda: phases.alternate(
-            loads, conns=conns, rounds=ROUNDS, warmup=warmup, duration=duration, fake_root=fake_root
-        )
+        lambda: phases.alternate(loads, rounds=ROUNDS, warmup=warmup, duration=duration, fake_root=fake_root)
     )
     for label, r in out.items():
         waits = r["waits"] or {}
@@ -178,10 +177,10 @@ def run_hot_user(ctx: Context, database: str) -> dict[str, Any]:
     spread = [books.create_user(gw) for _ in range(HOT_CONNS)]
     hot_user, hot_key = books.create_user(gw)
     loads = {
-        "many": phases.Load(gw, [chat(gw, k) for _, k in spread]),
-        "one": phases.Load(gw, [chat(gw, hot_key)]),
+        "many": phases.Load(gw, [chat(gw, k) for _, k in spread], HOT_CONNS),
+        "one": phases.Load(gw, [chat(gw, hot_key)], HOT_CONNS),
     }
-    out = run_loads(ctx, loads, conns=HOT_CONNS, fake_root=ctx.fake_root)
+    out = run_loads(ctx, loads, fake_root=ctx.fake_root)
     account = run_async(lambda: books.books(gw, hot_user, calls=out["one"]["calls"]))
     stop(ctx, gw)
     print(
@@ -193,16 +192,30 @@ def run_hot_user(ctx: Context, database: str) -> dict[str, Any]:
 
 
 def _worker_pair(
-    ctx: Context, database: str, cpus: set[int], fake: targets.Target, fake_root: int, placement: str
+    ctx: Context,
+    database: str,
+    cpus: set[int],
+    fake: targets.Target,
+    fake_root: int,
+    placement: str,
+    *,
+    spread: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """A 1-worker and a 2-worker gateway on `cpus`, both running, loaded in alternating rounds."""
+    """A 1-worker and a 2-worker gateway on `cpus`, both running, loaded in alternating rounds: all
+    connections on one account, and with `spread` also one account per connection (no shared row)."""
     gateways = {
         n: start(ctx, f"scale-{n}w-{placement}", database=database, cpus=cpus, workers=n, fake=fake)
         for n in (1, 2)
     }
-    loads = {f"{n}w-{placement}": phases.Load(gw, [chat(gw, gw.key)], n) for n, gw in gateways.items()}
+    loads = {}
+    for n, gw in gateways.items():
+        conns = CONNS_PER_WORKER * n
+        loads[f"{n}w-{placement}"] = phases.Load(gw, [chat(gw, gw.key)], conns, n)
+        if spread:
+            keys = [books.create_user(gw)[1] for _ in range(conns)]
+            loads[f"{n}w-{placement}-spread"] = phases.Load(gw, [chat(gw, k) for k in keys], conns, n)
     try:
-        return run_loads(ctx, loads, conns=WORKER_CONNS, fake_root=fake_root)
+        return run_loads(ctx, loads, fake_root=fake_root)
     finally:
         for gw in gateways.values():
             stop(ctx, gw)
@@ -210,8 +223,8 @@ def _worker_pair(
 
 def run_workers(ctx: Context, database: str) -> dict[str, Any]:
     """One worker vs two, pinned to core 1, then with client, fake provider and gateway on both cores."""
-    print(f"two workers vs one ({WORKER_CONNS} connections, non-streaming)", flush=True)
-    out = _worker_pair(ctx, database, SERVER_CPUS, ctx.fake, ctx.fake_root, "core1")
+    print(f"two workers vs one ({CONNS_PER_WORKER} connections per worker, non-streaming)", flush=True)
+    out = _worker_pair(ctx, database, SERVER_CPUS, ctx.fake, ctx.fake_root, "core1", spread=True)
     fake_dir = ctx.work / "scale-fake"
     fake_dir.mkdir(parents=True, exist_ok=True)
     fake, fake_child = targets.start_fake(ctx.processes, fake_dir, cpus=BOTH_CPUS)

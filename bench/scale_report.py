@@ -81,13 +81,15 @@ def _row_postgres(data: dict[str, Any]) -> list[str]:
 
 def _worker_ratios(w: dict[str, Any]) -> dict[str, float | None]:
     """2 workers vs 1: throughput (against the pinned worker, and at the same placement) and
-    requests per gateway CPU-second (both pinned to core 1, and both on cores 0-1)."""
+    requests per gateway CPU-second (pinned to core 1, on one account and on one per connection, and
+    on cores 0-1)."""
     p1, p2, s1, s2 = (w[k] for k in ("1w-core1", "2w-core1", "1w-cores01", "2w-cores01"))
     return {
         "vs_pinned": _ratio(s2["rps"], p1["rps"]),
         "same_placement": _ratio(s2["rps"], s1["rps"]),
         "cpu_core1": _ratio(_per_cpu_s(p2), _per_cpu_s(p1)),
         "cpu_cores01": _ratio(_per_cpu_s(s2), _per_cpu_s(s1)),
+        "cpu_core1_spread": _ratio(_per_cpu_s(w["2w-core1-spread"]), _per_cpu_s(w["1w-core1-spread"])),
     }
 
 
@@ -101,7 +103,8 @@ def _row_workers(data: dict[str, Any]) -> list[str]:
         f"on cores 0-1 (shared with the client and the fake provider): 2 workers "
         f"{num(w['2w-cores01']['rps'], '.0f')} req/s = {num(r['vs_pinned'], '.2f')}x 1 worker pinned to "
         f"core 1, {num(r['same_placement'], '.2f')}x 1 worker on cores 0-1; requests per gateway "
-        f"CPU-second 2 vs 1 worker: {num(r['cpu_core1'], '.2f')}x on core 1, "
+        f"CPU-second 2 vs 1 worker: {num(r['cpu_core1'], '.2f')}x on core 1 "
+        f"({num(r['cpu_core1_spread'], '.2f')}x, one account per connection), "
         f"{num(r['cpu_cores01'], '.2f')}x on cores 0-1"
     )
     if r["vs_pinned"] is not None and r["vs_pinned"] >= TWO_WORKERS:
@@ -266,6 +269,8 @@ def _phase_row(label: str, r: dict[str, Any]) -> list[str]:
 _WORKER_RUNS = {
     "1w-core1": "1 worker, core 1",
     "2w-core1": "2 workers, core 1",
+    "1w-core1-spread": "1 worker, core 1, one account per connection",
+    "2w-core1-spread": "2 workers, core 1, one account per connection",
     "1w-cores01": "1 worker, cores 0-1",
     "2w-cores01": "2 workers, cores 0-1",
 }
@@ -277,30 +282,35 @@ def _workers_section(s: dict[str, Any]) -> list[str]:
     return [
         "### Two workers vs one",
         "",
-        f"Non-streaming, {w['1w-core1']['conns']} connections on one key of one account, Postgres "
-        f"billing, Redis limits; per run {s['duration']:g} s measured in {s['rounds']} rounds, each after "
-        f"{s['warmup']:g} s of warm-up, the 1-worker and the 2-worker gateway (both running) taking turns. "
-        'This machine has 2 cores and the load generator and the fake provider need CPU too, so "2 '
-        'workers on 2 cores" cannot be isolated here; what can be measured: *core 1*: both gateways '
-        "pinned to core 1 (client and fake provider on core 0), where 2 workers can only share the core "
-        "and the CPU per request shows whether a second worker costs anything (if it stays the same, "
-        "nothing inside the gateway serialises the workers; connections are spread evenly over the workers, "
-        "see *per worker*); *cores 0-1*: gateway, client and fake "
-        "provider all allowed on both cores (`taskset -c 0,1`), the throughput 2 workers get when they "
-        "compete with the client side. *lock waits* / *WAL waits*: mean number of the database's active "
-        "backends waiting on a lock (here: the account's and the key's rows) / on the WAL, from "
-        f"`pg_stat_activity` every {s['wait_sample_s'] * 1000:.0f} ms. *Redis*: `redis-server`'s CPU as a "
-        "share of a core (shared with anything else using it).",
+        f"Non-streaming, {w['1w-core1']['conns']} connections per worker "
+        f"({w['1w-core1']['conns']} to 1 worker, {w['2w-core1']['conns']} to 2, spread evenly: see *per "
+        "worker*; an event loop's CPU per request falls as it finds more sockets ready per wake-up, so "
+        "each worker gets as many as the single one), "
+        "on one key of one account (on core 1 also on one account and key per connection), Postgres "
+        "billing, Redis limits; per run "
+        f"{s['duration']:g} s measured in {s['rounds']} rounds, each after {s['warmup']:g} s of warm-up, "
+        "the 1-worker and the 2-worker gateway (both running) taking turns. This machine has 2 cores and "
+        'the load generator and the fake provider need CPU too, so "2 workers on 2 cores" cannot be '
+        "isolated here; what can be measured: *core 1*: both gateways pinned to core 1 (client and fake "
+        "provider on core 0), where 2 workers can only share the core and the CPU per request shows "
+        "whether a second worker costs anything (if it stays the same, nothing inside the gateway "
+        "serialises the workers); *cores 0-1*: gateway, client and fake provider all allowed on both "
+        "cores (`taskset -c 0,1`), the throughput 2 workers get when they compete with the client side. "
+        "*lock waits* / *WAL waits*: mean number of the database's active backends waiting on a lock "
+        "(here: the account's and the key's rows) / on the WAL, from `pg_stat_activity` every "
+        f"{s['wait_sample_s'] * 1000:.0f} ms. *Redis*: `redis-server`'s CPU as a share of a core (shared "
+        "with anything else using it).",
         "",
         report.table(_HEADER, [_phase_row(label, w[key]) for key, label in _WORKER_RUNS.items()]),
         "",
         f"Throughput, 2 workers vs 1 on cores 0-1: {num(r['vs_pinned'], '.2f')}x against the worker pinned "
         f"to core 1, {num(r['same_placement'], '.2f')}x against 1 worker on cores 0-1. Requests per "
-        f"gateway CPU-second, 2 workers vs 1: {num(r['cpu_core1'], '.2f')}x on core 1, "
-        f"{num(r['cpu_cores01'], '.2f')}x on cores 0-1. Two event loops sharing a core each find fewer "
-        "ready connections per wake-up and are switched in and out, so some rise of the CPU per request "
-        "there comes from the placement; a resource the workers share shows as *lock waits* (all calls "
-        "here are one account's: see *One hot user*) or as Redis' or Postgres' CPU per request.",
+        f"gateway CPU-second, 2 workers vs 1: {num(r['cpu_core1'], '.2f')}x on core 1 "
+        f"({num(r['cpu_core1_spread'], '.2f')}x with one account per connection, where no row is shared), "
+        f"{num(r['cpu_cores01'], '.2f')}x on cores 0-1. Two event loops sharing a core are switched in "
+        "and out, so some rise of the CPU per request there comes from the placement; a resource the "
+        "workers share shows as *lock waits* (in the runs on one account; see *One hot user*) or as "
+        "Redis' or Postgres' CPU per request.",
         "",
     ]
 
