@@ -74,12 +74,13 @@ SCENARIOS = [
 # own MCP and audio extras, and a config of their own).
 CHAT_ONLY_TARGETS = ("litellm-proxy",)
 
-TARGET_ORDER = ["direct", "gateway", "gateway-nosync", "litellm-proxy", "portkey"]
+TARGET_ORDER = ["direct", "gateway", "gateway-nosync", "gateway-sqlite", "litellm-proxy", "portkey"]
 
 TARGET_LABEL = {
     "direct": "direct",
     "gateway": "gateway",
     "gateway-nosync": "gateway, Postgres `synchronous_commit=off` (diagnostic)",
+    "gateway-sqlite": "gateway, embedded SQLite store (diagnostic)",
     "litellm-proxy": "LiteLLM proxy",
     "portkey": "Portkey gateway",
 }

@@ -24,7 +24,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import open_streams, portkey, procs, report, streams_memory, targets  # noqa: E402
+from bench import open_streams, portkey, procs, report, scale, streams_memory, targets  # noqa: E402
 from bench.measure import (  # noqa: E402
     CLIENT_CPUS,
     NOSYNC_SCENARIOS,
@@ -51,6 +51,7 @@ def run_bench(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     notes: dict[str, list[str]] = {}
     proxy_python: Path | None = None
+    scale_data: dict[str, Any] = {}
     try:
         if not args.skip_proxy:
             try:
@@ -114,6 +115,12 @@ def run_bench(args: argparse.Namespace) -> int:
             assert gw2.child is not None
             processes.stop(gw2.child)
 
+        if not args.quick:  # --- scaling, one hot user, the disk's commit cost (bench/scale.py) ---
+            ctx = scale.Context(
+                processes, work, fake, fake_child.pid, False, warmup, duration, results, notes, databases
+            )
+            scale_data = scale.run_scale(ctx)
+
         if proxy_python is not None:
             try:
                 px = targets.start_proxy(
@@ -169,6 +176,7 @@ def run_bench(args: argparse.Namespace) -> int:
         "results": results,
         "other_before": idle_before,
         "streams_memory": memory,
+        **scale_data,
     }
     section = render_bench(data)
     print()
@@ -266,6 +274,7 @@ def render_targets(bench_data: dict[str, Any] | None, soak: dict[str, Any] | Non
                 verdict(None if None in events else max(e for e in events if e is not None) <= 0.00002),
             ]
         )
+        rows += scale.target_rows(bench_data)
     if soak:
         soak = summarize_soak(soak)
         rows.append(
@@ -331,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only-memory", action="store_true", help="only measure memory per open stream; writes nothing"
     )
+    ap.add_argument("--only-scale", action="store_true", help="only the scaling runs (bench/scale.py)")
     ap.add_argument("--out", type=Path, help="markdown file to update (default docs/PERFORMANCE.md)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (configs and server logs)")
     ap.add_argument(
@@ -355,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.only_memory:
             return streams_memory.run_only(quick=args.quick, keep=args.keep)
+        if args.only_scale:
+            return scale.run_only(args)
         return run_soak(args) if args.soak else run_bench(args)
     except KeyboardInterrupt:
         code = 130

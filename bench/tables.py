@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from bench import report, streams_memory, targets
+from bench import report, scale, streams_memory, targets
 from bench.measure import (
     CORE0_BUSY,
     OTHER_BUSY,
@@ -264,6 +264,7 @@ def render_bench(data: dict[str, Any]) -> str:
         )
     if errors:
         add("")
+    add(scale.render(data))  # scaling, one hot user, the disk's commit cost (bench/scale.py)
     slim = {**data, "derived": d}
     add(f"<!-- bench-data: {orjson.dumps(slim).decode()} -->")
     return "\n".join(lines)

@@ -232,8 +232,10 @@ def start_gateway(
     database: str | None,
     cpus: set[int],
     name: str = "gateway",
+    workers: int = 1,
 ) -> Target:
-    """`gunicorn -c deployments/gunicorn.conf.py app.main:app`, one worker, billing, limits, metrics."""
+    """`gunicorn -c deployments/gunicorn.conf.py app.main:app`, `workers` workers (default one),
+    billing, limits, metrics."""
     gw = work / name
     gw.mkdir(parents=True, exist_ok=True)
     config = gw / "config.yaml"
@@ -248,7 +250,7 @@ def start_gateway(
         ENVIRONMENT="production",
         LOG_LEVEL="WARNING",
         GUNICORN_BIND=f"127.0.0.1:{port}",
-        WEB_CONCURRENCY="1",
+        WEB_CONCURRENCY=str(workers),
         # Worker recycling (10000 requests as deployed) would restart the worker mid-scenario.
         GUNICORN_MAX_REQUESTS="0",
         GUNICORN_MAX_REQUESTS_JITTER="0",
