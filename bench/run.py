@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import open_streams, portkey, procs, report, scale, streams_memory, targets  # noqa: E402
+from bench.goals import render_targets  # noqa: E402
 from bench.measure import (  # noqa: E402
     CLIENT_CPUS,
     NOSYNC_SCENARIOS,
@@ -33,8 +34,8 @@ from bench.measure import (  # noqa: E402
     run_target,
     wait_for_quiet,
 )
-from bench.soak import render_soak, soak, stall_verdict, summarize_soak  # noqa: E402
-from bench.tables import derived, render_bench  # noqa: E402
+from bench.soak import render_soak, soak, summarize_soak  # noqa: E402
+from bench.tables import render_bench  # noqa: E402
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -204,110 +205,6 @@ def run_soak(args: argparse.Namespace) -> int:
     report.write(out, {"soak": section, "targets": render_targets(bench_data, data)})
     print(f"wrote {out}; soak took {data['elapsed']:.0f} s")
     return 1 if data["errors"] else 0
-
-
-def render_targets(bench_data: dict[str, Any] | None, soak: dict[str, Any] | None) -> str:
-    lines = ["## Targets", ""]
-    rows: list[list[str]] = []
-    if bench_data:
-        d = derived(bench_data)
-        gw, px = d.get("gateway", {}), d.get("litellm-proxy", {})
-
-        def verdict(ok: bool | None) -> str:
-            return "-" if ok is None else ("met" if ok else "**not met**")
-
-        def n(x: dict[str, float | None], key: str) -> str:
-            return report.num(x.get(key), ".0f")
-
-        ratio = cpu_ratio = None
-        if gw.get("rps_per_core") and px.get("rps_per_core"):
-            ratio = gw["rps_per_core"] / px["rps_per_core"]
-        if gw.get("req_per_cpu_s") and px.get("req_per_cpu_s"):
-            cpu_ratio = gw["req_per_cpu_s"] / px["req_per_cpu_s"]
-        rows.append(
-            [
-                "non-streaming req/s per core >= 5x LiteLLM proxy",
-                f"{n(gw, 'rps_per_core')} vs {n(px, 'rps_per_core')} req/s ({report.num(ratio, '.1f')}x); "
-                f"per CPU-second {n(gw, 'req_per_cpu_s')} vs {n(px, 'req_per_cpu_s')} "
-                f"({report.num(cpu_ratio, '.1f')}x)",
-                verdict(None if ratio is None or cpu_ratio is None else min(ratio, cpu_ratio) >= 5),
-            ]
-        )
-        added = gw.get("added_p50_c1")
-        nosync = d.get("gateway-nosync", {})
-        rows.append(
-            [
-                "added p50 at 1 connection <= 2 ms over direct",
-                f"{report.signed_ms(added)} ms (with `synchronous_commit=off`: "
-                f"{report.signed_ms(nosync.get('added_p50_c1'))} ms; LiteLLM proxy: "
-                f"{report.signed_ms(px.get('added_p50_c1'))} ms)",
-                verdict(None if added is None else added <= 0.002),
-            ]
-        )
-        ttft = gw.get("added_ttft_c1")
-        ttft16 = gw.get("added_ttft_c16")
-        rows.append(
-            [
-                "added TTFT <= 2 ms (1 connection)",
-                f"{report.signed_ms(ttft)} ms (`synchronous_commit=off`: "
-                f"{report.signed_ms(nosync.get('added_ttft_c1'))} ms; "
-                f"16 connections: {report.signed_ms(ttft16)} ms; "
-                f"LiteLLM proxy: {report.signed_ms(px.get('added_ttft_c1'))} ms)",
-                verdict(None if ttft is None else ttft <= 0.002),
-            ]
-        )
-        chunk = gw.get("cpu_per_chunk")
-        rows.append(
-            [
-                "added CPU per chunk <= 0.05 ms",
-                f"{report.ms(chunk, 4)} ms (LiteLLM proxy: {report.ms(px.get('cpu_per_chunk'), 4)} ms)",
-                verdict(None if chunk is None else chunk <= 0.00005),
-            ]
-        )
-        events = [gw.get("cpu_per_event_responses"), gw.get("cpu_per_event_messages")]
-        rows.append(
-            [
-                "Responses and Messages streams <= 0.02 ms of CPU per event (native deployments)",
-                f"Responses {report.ms(events[0], 4)} ms, Messages {report.ms(events[1], 4)} ms; "
-                f"added TTFT at 16 connections {report.signed_ms(gw.get('added_ttft_responses_c16'))} / "
-                f"{report.signed_ms(gw.get('added_ttft_messages_c16'))} ms",
-                verdict(None if None in events else max(e for e in events if e is not None) <= 0.00002),
-            ]
-        )
-        rows += scale.target_rows(bench_data)
-    if soak:
-        soak = summarize_soak(soak)
-        rows.append(
-            [
-                "memory flat in soak",
-                f"worker RSS {soak['rss_start'] / 2**20:.1f} -> {soak['rss_end'] / 2**20:.1f} MiB over "
-                f"{soak['seconds']:.0f} s; second half {soak['rss_second_half'] / 2**20:+.1f} MiB",
-                "met" if soak["flat"] else "**not met**",
-            ]
-        )
-        ok = stall_verdict(soak)
-        quiet = report.num(soak["max_stall_quiet_ms"], ".1f")
-        rows.append(
-            [
-                "no event-loop stall > 50 ms",
-                f"slowest `/health` probe {quiet} ms in the quiet windows "
-                f"({soak['max_stall_ms']:.1f} ms over all, some with other processes busy); "
-                f"`/health/system` lag max {soak['max_lag_ms']:.1f} ms",
-                "-" if ok is None else ("met" if ok else "**not met**"),
-            ]
-        )
-    else:
-        rows.append(["memory flat in soak", "no soak run yet (`make soak`)", "-"])
-        rows.append(["no event-loop stall > 50 ms", "no soak run yet (`make soak`)", "-"])
-    lines.append(report.table(["target", "measured (gateway)", "verdict"], rows))
-    lines.append("")
-    src = []
-    if bench_data:
-        src.append(f"benchmark of {bench_data['date']}")
-    if soak:
-        src.append(f"soak of {soak['date']}")
-    lines.append("From the " + " and the ".join(src) + " below.")
-    return "\n".join(lines)
 
 
 def render_existing(path: Path) -> int:
