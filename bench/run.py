@@ -1,9 +1,14 @@
-"""Side-by-side benchmark (direct / gateway / LiteLLM proxy) and soak test; writes docs/PERFORMANCE.md.
+"""Side-by-side benchmark and soak test; writes docs/PERFORMANCE.md.
 
-    .venv/bin/python bench/run.py              # full benchmark (~4 minutes), updates docs/PERFORMANCE.md
-    .venv/bin/python bench/run.py --quick      # ~1 minute smoke run, prints tables, writes nothing
+The provider directly, the gateway (and its diagnostic variants: Postgres without synchronous
+commit, the embedded store, two workers, one hot user), LiteLLM's proxy and Portkey's gateway,
+the same requests to each, one after the other; then memory per open stream.
+
+    .venv/bin/python bench/run.py              # full benchmark (~15 minutes), updates docs/PERFORMANCE.md
+    .venv/bin/python bench/run.py --quick      # ~2 minute smoke run, prints tables, writes nothing
     .venv/bin/python bench/run.py --soak 600   # steady load on the gateway, updates the soak section
     .venv/bin/python bench/run.py --only-memory --quick   # memory per open stream only, writes nothing
+    .venv/bin/python bench/run.py --only-scale --quick    # workers, hot user, commit cost only
 
 Only 127.0.0.1 is used. Every process started here runs in its own process group and is stopped
 on exit, on failure and on Ctrl-C.
@@ -17,6 +22,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import open_streams, portkey, procs, report, scale, streams_memory, targets  # noqa: E402
+from bench import open_streams, portkey, procs, profile, report, scale, streams_memory, targets  # noqa: E402
 from bench.goals import render_targets  # noqa: E402
 from bench.measure import (  # noqa: E402
     CLIENT_CPUS,
@@ -37,9 +43,12 @@ from bench.measure import (  # noqa: E402
 from bench.soak import render_soak, soak, summarize_soak  # noqa: E402
 from bench.tables import render_bench  # noqa: E402
 
+# How a peer is started: (processes, work dir, *, api_base, port, cpus) -> its Target.
+PeerStart = Callable[..., targets.Target]
+
 
 def run_bench(args: argparse.Namespace) -> int:
-    """Direct, gateway (and its diagnostic variant), LiteLLM proxy: every scenario, one after the other."""
+    """Every target, every scenario, one after the other; then the scaling and memory runs."""
     warmup, duration = (0.5, 2.0) if args.quick else (args.warmup, args.duration)
     idle_before = wait_for_quiet(args.wait_quiet)
     print(f"other processes before the run: {idle_before:.0%} of a core", flush=True)
@@ -47,6 +56,7 @@ def run_bench(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="llm-gateway-bench-"))
     processes = procs.Processes()
     memory: dict[str, Any] | None = None
+    cpu_profile: dict[str, Any] | None = None
     database: str | None = None
     databases: list[str | None] = []
     results: list[dict[str, Any]] = []
@@ -81,6 +91,8 @@ def run_bench(args: argparse.Namespace) -> int:
         notes["gateway"] = gw.notes
         print(f"gateway {gw.base} (core 1): {'; '.join(gw.notes)}", flush=True)
         run_target(gw, fake_root=fake_child.pid, warmup=warmup, duration=duration, results=results)
+        # --- where its CPU goes (bench/profile.py): sampled after the measured scenarios ---
+        cpu_profile = profile.run(gw, fake_root=fake_child.pid, work=work, seconds=3 if args.quick else 10)
         assert gw.child is not None
         processes.stop(gw.child)
 
@@ -122,35 +134,23 @@ def run_bench(args: argparse.Namespace) -> int:
             )
             scale_data = scale.run_scale(ctx)
 
+        peers: list[tuple[str, str, PeerStart]] = []
         if proxy_python is not None:
-            try:
-                px = targets.start_proxy(
-                    processes, work, api_base=fake.base, port=free_port(), cpus=SERVER_CPUS
-                )
-            except Exception as exc:
-                notes["litellm-proxy"] = [f"**not measured**: the proxy did not start ({exc})"[:500]]
-                print(notes["litellm-proxy"][0], flush=True)
-            else:
-                notes["litellm-proxy"] = px.notes
-                print(f"litellm proxy {px.base} (core 1)", flush=True)
-                run_target(px, fake_root=fake_child.pid, warmup=warmup, duration=duration, results=results)
-                assert px.child is not None
-                processes.stop(px.child)
-
+            peers.append(("litellm-proxy", "the proxy", targets.start_proxy))
         if portkey_ready:
+            peers.append(("portkey", "Portkey's gateway", portkey.start_portkey))
+        for name, what, start in peers:
             try:
-                pk = portkey.start_portkey(
-                    processes, work, api_base=fake.base, port=free_port(), cpus=SERVER_CPUS
-                )
+                peer = start(processes, work, api_base=fake.base, port=free_port(), cpus=SERVER_CPUS)
             except Exception as exc:
-                notes["portkey"] = [f"**not measured**: Portkey's gateway did not start ({exc})"[:500]]
-                print(notes["portkey"][0], flush=True)
-            else:
-                notes["portkey"] = pk.notes
-                print(f"portkey {pk.base} (core 1)", flush=True)
-                run_target(pk, fake_root=fake_child.pid, warmup=warmup, duration=duration, results=results)
-                assert pk.child is not None
-                processes.stop(pk.child)
+                notes[name] = [f"**not measured**: {what} did not start ({exc})"[:500]]
+                print(notes[name][0], flush=True)
+                continue
+            notes[name] = peer.notes
+            print(f"{name} {peer.base} (core 1)", flush=True)
+            run_target(peer, fake_root=fake_child.pid, warmup=warmup, duration=duration, results=results)
+            assert peer.child is not None
+            processes.stop(peer.child)
     finally:
         processes.stop_all()
         for db in databases:
@@ -177,6 +177,7 @@ def run_bench(args: argparse.Namespace) -> int:
         "results": results,
         "other_before": idle_before,
         "streams_memory": memory,
+        "profile": cpu_profile,
         **scale_data,
     }
     section = render_bench(data)

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from bench import report, scale, streams_memory, targets
+from bench import profile, report, scale, streams_memory, targets
 from bench.measure import (
     CORE0_BUSY,
     OTHER_BUSY,
@@ -255,6 +255,7 @@ def render_bench(data: dict[str, Any]) -> str:
             )
     add(report.table(proto_header, proto_body))
     add("")
+    lines += profile.render(data)
     lines += streams_memory.render(data.get("streams_memory"))
     errors = [r for r in data["results"] if r["errors"]]
     for r in errors:
