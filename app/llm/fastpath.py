@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -91,6 +91,13 @@ class DirectCaller:
         """One call with the Router's retries, fallbacks and cooldowns around each attempt.
 
         `headers` are the client's headers the wire may pass on (never its credential).
+
+        The first attempt runs without the Router's retry and fallback wrappers, whose work on a
+        success is bookkeeping this path has no use for (about 6 % of a call's CPU); it still
+        asks the Router for the deployment. If it fails, the Router takes over as though that
+        failure were its own first attempt's: the wrappers get an attempt function that raises
+        it once, then makes real attempts, so retry policy, cooldowns and fallbacks are the
+        Router's, with the same number of provider calls.
         """
         model = params["model"]
         kwargs: dict[str, Any] = {
@@ -99,9 +106,14 @@ class DirectCaller:
             "gw_body": params,
             "gw_wire": wire,
             "gw_headers": headers or {},
-            "original_function": self._attempt,
         }
         self._router._update_kwargs_before_fallbacks(model=model, kwargs=kwargs)
+        first = {k: v for k, v in kwargs.items() if k not in _WRAPPER_KWARGS}
+        try:
+            return await self._attempt(**first)
+        except Exception as exc:
+            failure = exc
+        kwargs["original_function"] = _replay_then(failure, self._attempt)
         result: Completion | CompletionStream = await self._router.async_function_with_fallbacks(**kwargs)
         return result
 
@@ -208,6 +220,34 @@ class DirectCaller:
             end_time=time.time(),
         )
         return exc
+
+
+# What the Router's wrappers take out of the kwargs before they reach the attempt function.
+_WRAPPER_KWARGS = frozenset(
+    {
+        "original_function",
+        "fallbacks",
+        "context_window_fallbacks",
+        "content_policy_fallbacks",
+        "model_group_retry_policy",
+        "num_retries",
+        "disable_fallbacks",
+        "mock_timeout",
+    }
+)
+
+
+def _replay_then(failure: Exception, attempt: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """An attempt function that raises `failure` on its first call and calls `attempt` after."""
+    pending = [failure]
+
+    async def replayed(*args: Any, **kwargs: Any) -> Any:
+        if pending:
+            raise pending.pop()
+        return await attempt(*args, **kwargs)
+
+    replayed.__name__ = attempt.__name__  # the Router reads the function's name
+    return replayed
 
 
 def _status_error(response: aiohttp.ClientResponse, data: bytes, model: str, url: str) -> Exception:
