@@ -115,8 +115,10 @@ def render(data: dict[str, Any]) -> list[str]:
         f"{profile['rate_hz']} Hz for {profile['seconds']:.0f} s ({profile['samples']:,} samples) after "
         "the measured scenarios. Each sample goes to the innermost frame's component; the standard "
         "library's frames go to their caller's. *Share of the call's CPU* applies the share to the CPU "
-        "per request measured above (py-spy samples time on the CPU and, on a busy machine, time "
-        "waiting for it)."
+        "per request measured above. py-spy counts a sample whenever the worker is runnable, also "
+        "while it waits for its core; Postgres's and Redis's processes are not pinned and often run "
+        "on core 1, and a query's write wakes its backend there, so the Postgres row carries some of "
+        "the backends' own time."
     )
     lines.append("")
     rows = []
