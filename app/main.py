@@ -353,18 +353,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
         openapi_url=None if settings.is_production else "/openapi.json",
     )
-    for module in (chat, embeddings, models, billing, admin, health):
-        app.include_router(module.router)
-    for module in (responses, messages):
-        app.include_router(module.router)
-    app.include_router(account.router)
-    app.include_router(payments.router)
-    app.include_router(dashboard.router)
-    for module in (completions, images, audio, moderations, rerank):
+    model_calls = (chat, embeddings, responses, messages, completions, images, audio, moderations, rerank)
+    for module in (*model_calls, models, billing, admin, health, account, payments, dashboard):
         app.include_router(module.router)
     # The model-call routes skip FastAPI's router on the way in (app/hotlane.py).
-    app.serve_directly(chat.router, embeddings.router, responses.router, messages.router)
-    app.serve_directly(completions.router, images.router, audio.router, moderations.router, rerank.router)
+    app.serve_directly(*(module.router for module in model_calls))
     _install_error_handlers(app)
     if settings.ALLOWED_HOSTS and settings.ALLOWED_HOSTS != ["*"]:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.ALLOWED_HOSTS)

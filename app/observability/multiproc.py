@@ -125,10 +125,17 @@ def _files_of_this_process() -> bool:
 # prometheus_client asks for the process id on every increment, to notice a fork; a getpid
 # system call each time, a dozen or more per request. This answers from memory, and a fork
 # (the only way the id changes) refreshes it in the child before any of its code runs.
-_pid = [os.getpid()]
-os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
+_pid = os.getpid()
 
 
 def _process_id() -> int:
     """This process's id, as prometheus_client's MultiProcessValue asks for it."""
-    return _pid[0]
+    return _pid
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
